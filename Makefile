@@ -1,0 +1,28 @@
+# Set-up is idempotent: the venv is (re)built only when pyproject.toml or the installer changes.
+VENV  ?= .venv
+PY    := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml transfer/install_detectron2.sh | sha1sum | cut -c1-10)
+RUN   ?= runs/demo
+
+.PHONY: setup test demo bench clean
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml transfer/install_detectron2.sh
+	rm -f $(VENV)/.installed-*
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1   # from the machine's local copy
+	PYTHON=$(PY) bash transfer/install_detectron2.sh
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+test: setup
+	$(PY) -m pytest
+
+demo: setup
+	PYTHON=$(PY) bash pretrain/run.sh
+
+bench: setup
+	$(PY) -m bench.run_all
+
+clean:
+	rm -rf $(VENV) runs

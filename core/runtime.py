@@ -1,0 +1,95 @@
+"""Run bookkeeping shared by the stages: seeding, provenance, metrics files, user-facing errors."""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+class UserError(Exception):
+    """Bad input from the user: printed as one line by the entry points, without a traceback."""
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def git_revision() -> str:
+    """The repo's commit (with '-dirty' when the tree has changes), or 'unknown' outside git."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, check=True).stdout.strip()
+        return rev + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def rng_state() -> dict:
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+
+
+def check_writable_dir(path: str | Path) -> Path:
+    """Create `path` if needed and prove it writable now, before hours of work depend on it."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".write_test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as e:
+        raise UserError(f"output dir {path} is not writable ({e.strerror}); choose another with out_dir=...") from None
+    return path
+
+
+class MetricsLogger:
+    """Appends one JSON object per line to metrics.jsonl and mirrors scalars to tensorboard (rank 0 only)."""
+
+    def __init__(self, out_dir: str | Path, enabled: bool = True, tensorboard: bool = True):
+        self.enabled = enabled
+        self.path = Path(out_dir) / "metrics.jsonl"
+        self.tb = None
+        if enabled and tensorboard:
+            from torch.utils.tensorboard import SummaryWriter  # imported lazily: it is slow to import
+
+            self.tb = SummaryWriter(str(Path(out_dir) / "tb"))
+
+    def log(self, record: dict, step: int) -> None:
+        if not self.enabled:
+            return
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.tb is not None:
+            for key, value in record.items():
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    self.tb.add_scalar(key, value, step)
+            self.tb.flush()
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+def run_cli(main, *args) -> None:
+    """Call `main(*args)`; a UserError (or ValueError subclass of ours) becomes one line on stderr, exit 2."""
+    from core.checkpoint import CheckpointError
+    from core.config import ConfigError
+
+    try:
+        main(*args)
+    except (UserError, ConfigError, CheckpointError) as e:
+        msg = str(e).strip()
+        # Errors raised in DataLoader workers arrive wrapped with the worker's traceback: keep the last line.
+        if "Original Traceback" in msg:
+            msg = msg.splitlines()[-1].split(": ", 1)[-1]
+        print(f"error: {msg}", file=sys.stderr)
+        sys.exit(2)

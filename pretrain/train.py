@@ -1,0 +1,238 @@
+"""SimSiam pretraining: one loop for a CPU process, one GPU and DDP under torchrun.
+
+    python -m pretrain.train --config pretrain/configs/imagenet_100ep.yaml data.train_dir=/data/imagenet/train
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from pathlib import Path
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from core.checkpoint import epoch_checkpoints, read_checkpoint, save_atomic
+from core.config import Config, dump_config, load_config
+from core.distributed import all_reduce_mean, barrier, convert_sync_batchnorm, init_distributed
+from core.features import extract_features
+from core.knn import knn_accuracy
+from core.models import SimSiam
+from core.runtime import MetricsLogger, UserError, check_writable_dir, git_revision, rng_state, run_cli, seed_everything
+from pretrain.data import (ResumableSampler, TwoViewDataset, collate_skipping, eval_transform, image_folder,
+                           simsiam_augmentation)
+from pretrain.loss import output_std, simsiam_loss
+from pretrain.schedule import cosine_lr, scaled_lr, set_lr
+
+LAST = "checkpoint_last.pth.tar"  # mid-epoch checkpoint (save_every_steps, stop_after_steps)
+
+
+class TrainingStopped(UserError):
+    """The run stopped on purpose: non-finite loss or collapse alarm."""
+
+
+def build_optimizer(model: SimSiam, cfg: Config, init_lr: float) -> torch.optim.SGD:
+    """SGD on all parameters (BN and biases included) with weight decay; the predictor may keep a fixed lr."""
+    groups = [
+        {"params": list(model.encoder.parameters()), "fix_lr": False},
+        {"params": list(model.predictor.parameters()), "fix_lr": cfg.optim.fix_pred_lr},
+    ]
+    return torch.optim.SGD(groups, lr=init_lr, momentum=cfg.optim.momentum, weight_decay=cfg.optim.weight_decay)
+
+
+def checkpoint_dict(model, optimizer, cfg, epoch: int, step_in_epoch: int, global_step: int) -> dict:
+    """The official format (epoch, arch, state_dict with `module.` keys, optimizer) plus our extras."""
+    return {
+        "epoch": epoch,  # epochs completed
+        "arch": cfg.arch,
+        "state_dict": {f"module.{k}": v for k, v in model.state_dict().items()},
+        "optimizer": optimizer.state_dict(),
+        "step_in_epoch": step_in_epoch,  # batches of epoch `epoch` already done (0 at epoch ends)
+        "global_step": global_step,
+        "config": cfg.to_dict(),
+        "git_revision": git_revision(),
+        "rng": rng_state(),
+    }
+
+
+def latest_checkpoint(out_dir: Path) -> Path | None:
+    """The most advanced checkpoint in out_dir by (epoch, step_in_epoch)."""
+    candidates = epoch_checkpoints(out_dir)[-1:] + ([out_dir / LAST] if (out_dir / LAST).exists() else [])
+    best, best_pos = None, (-1, -1)
+    for path in candidates:
+        ck = read_checkpoint(path)
+        pos = (ck["epoch"], ck.get("step_in_epoch", 0))
+        if pos > best_pos:
+            best, best_pos = path, pos
+    return best
+
+
+def resume(model, optimizer, cfg, out_dir: Path) -> tuple[int, int, int, Path | None]:
+    path = latest_checkpoint(out_dir)
+    if path is None:
+        return 0, 0, 0, None
+    ck = read_checkpoint(path)
+    if ck["arch"] != cfg.arch:
+        raise UserError(f"{path} holds a {ck['arch']} but the config asks for {cfg.arch}; use another out_dir")
+    model.load_state_dict({k.removeprefix("module."): v for k, v in ck["state_dict"].items()})
+    optimizer.load_state_dict(ck["optimizer"])
+    return ck["epoch"], ck.get("step_in_epoch", 0), ck.get("global_step", 0), path
+
+
+def knn_monitor(model: SimSiam, cfg: Config, dist, transform) -> float | None:
+    """kNN top-1 of pool5 features: bank = knn_train_dir, queries = knn_val_dir, clean centre-crop pass."""
+    m = cfg.monitor
+    if not m.knn_train_dir or not m.knn_val_dir:
+        return None
+    bank = image_folder(m.knn_train_dir, transform)
+    queries = image_folder(m.knn_val_dir, transform)
+    kw = dict(device=dist.device, batch_size=m.knn_batch_size, num_workers=cfg.data.workers, rank=dist.rank)
+    fb, lb = extract_features(model.encoder, bank, desc="knn bank", **kw)
+    fq, lq = extract_features(model.encoder, queries, desc="knn queries", **kw)
+    return knn_accuracy(fb, lb, fq, lq, len(bank.classes), k=m.knn_k, temperature=m.knn_t)["top1"]
+
+
+def main(cfg: Config) -> Path:
+    dist = init_distributed(cfg.device)
+    out_dir = check_writable_dir(cfg.out_dir)
+    seed_everything(cfg.seed)
+    ws = dist.world_size
+    if cfg.optim.batch_size % ws:
+        raise UserError(f"optim.batch_size={cfg.optim.batch_size} is not divisible by the {ws} processes")
+    per_rank_batch = cfg.optim.batch_size // ws
+
+    base = image_folder(cfg.data.train_dir, skip_bad=cfg.data.skip_bad_images)
+    dataset = TwoViewDataset(base, simsiam_augmentation(cfg.data.crop_size, cfg.data.min_scale, cfg.data.blur), cfg.seed)
+    sampler = ResumableSampler(dataset, ws, dist.rank, cfg.seed)
+    steps_per_epoch = len(sampler) // per_rank_batch
+    if steps_per_epoch == 0:
+        raise UserError(f"{len(base)} training images give no full batch of {cfg.optim.batch_size}; lower optim.batch_size")
+    loader = DataLoader(dataset, batch_size=per_rank_batch, sampler=sampler, num_workers=cfg.data.workers,
+                        collate_fn=collate_skipping, pin_memory=dist.device.type == "cuda", drop_last=True)
+
+    model = SimSiam(cfg.arch, cfg.model.dim, cfg.model.pred_dim, cfg.model.proj_layers)
+    if ws > 1 and cfg.train.sync_bn:
+        model = convert_sync_batchnorm(model)
+    model = model.to(dist.device)
+    memory_format = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
+    model = model.to(memory_format=memory_format)
+    init_lr = scaled_lr(cfg.optim.base_lr, cfg.optim.batch_size)
+    optimizer = build_optimizer(model, cfg, init_lr)
+    start_epoch, skip_steps, global_step, resumed_from = resume(model, optimizer, cfg, out_dir)
+    net = DistributedDataParallel(model, device_ids=[dist.device.index] if dist.device.type == "cuda" else None) if ws > 1 else model
+
+    amp_dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.train.amp]
+    scaler = torch.amp.GradScaler(dist.device.type, enabled=amp_dtype is torch.float16)
+    logger = MetricsLogger(out_dir, enabled=dist.is_main)
+    if dist.is_main:
+        dump_config(cfg, out_dir / "config.yaml")
+        print(f"pretrain: {len(base)} images, {ws} process(es), batch {cfg.optim.batch_size}, lr {init_lr:g}, "
+              f"{steps_per_epoch} steps/epoch, device {dist.device}"
+              + (f"; resumed from {resumed_from.name} (epoch {start_epoch}, step {skip_steps})" if resumed_from else ""))
+    healthy_std = 1.0 / math.sqrt(cfg.model.dim)
+    low_std_epochs = 0
+    eval_tf = eval_transform(cfg.data.crop_size)
+    last_good = resumed_from
+
+    def save(path: Path, epoch: int, step_in_epoch: int) -> None:
+        nonlocal last_good
+        if dist.is_main:
+            save_atomic(checkpoint_dict(model, optimizer, cfg, epoch, step_in_epoch, global_step), path)
+        last_good = path
+        barrier()
+
+    for epoch in range(start_epoch, cfg.optim.epochs):
+        lr = cosine_lr(init_lr, epoch, cfg.optim.epochs, cfg.optim.warmup_epochs)
+        set_lr(optimizer, lr, init_lr)
+        first_step = skip_steps if epoch == start_epoch else 0
+        sampler.set_epoch(epoch, skip=first_step * per_rank_batch)
+        dataset.set_epoch(epoch)
+        net.train()
+        sums = {"loss": 0.0, "z_std": 0.0, "n": 0, "skipped": 0, "data_s": 0.0}
+        t_epoch = t_data = time.perf_counter()
+        bar = tqdm(loader, desc=f"epoch {epoch}", disable=not dist.is_main, leave=False)
+        for step, (x1, x2, skipped) in enumerate(bar, start=first_step):
+            sums["data_s"] += time.perf_counter() - t_data
+            sums["skipped"] += skipped
+            if x1 is None:
+                continue
+            x1 = x1.to(dist.device, non_blocking=True, memory_format=memory_format)
+            x2 = x2.to(dist.device, non_blocking=True, memory_format=memory_format)
+            with torch.autocast(dist.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+                p1, p2, z1, z2 = net(x1, x2)
+                loss = simsiam_loss(p1, p2, z1, z2, cfg.model.stop_gradient)
+            if not torch.isfinite(loss):
+                where = f"{last_good}" if last_good else "none yet"
+                raise TrainingStopped(f"loss is {loss.item()} at epoch {epoch} step {step}; stopped. "
+                                      f"Last good checkpoint: {where}. Lower the lr or check the data")
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            global_step += 1
+            sums["loss"] += loss.item()
+            sums["z_std"] += output_std(z1)
+            sums["n"] += 1
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+            if cfg.train.stop_after_steps and global_step >= cfg.train.stop_after_steps:
+                save(out_dir / LAST, epoch, step + 1)
+                if dist.is_main:
+                    print(f"pretrain: stopped after {global_step} steps as asked (train.stop_after_steps)")
+                logger.close()
+                return out_dir / LAST
+            if cfg.train.save_every_steps and global_step % cfg.train.save_every_steps == 0:
+                save(out_dir / LAST, epoch, step + 1)
+            t_data = time.perf_counter()
+        elapsed = time.perf_counter() - t_epoch
+        n = max(sums["n"], 1)
+        record = {
+            "epoch": epoch + 1,
+            "step": global_step,
+            "lr": lr,
+            "loss": all_reduce_mean(sums["loss"] / n, dist.device),
+            "z_std": all_reduce_mean(sums["z_std"] / n, dist.device),
+            "z_std_healthy": healthy_std,
+            "images_per_s": sums["n"] * cfg.optim.batch_size / elapsed,
+            "data_wait_frac": sums["data_s"] / elapsed,
+            "skipped_images": int(all_reduce_mean(sums["skipped"], dist.device) * ws),
+        }
+        if cfg.monitor.knn_every and ((epoch + 1) % cfg.monitor.knn_every == 0 or epoch + 1 == cfg.optim.epochs):
+            record["knn_top1"] = knn_monitor(model, cfg, dist, eval_tf)
+        logger.log(record, global_step)
+        if dist.is_main:
+            print("pretrain: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()))
+        save(out_dir / f"checkpoint_{epoch + 1:04d}.pth.tar", epoch + 1, 0)
+        if record["z_std"] < cfg.monitor.collapse_ratio * healthy_std:
+            low_std_epochs += 1
+            if cfg.monitor.collapse_patience and low_std_epochs >= cfg.monitor.collapse_patience:
+                raise TrainingStopped(
+                    f"collapse alarm: std of l2-normalised z is {record['z_std']:.2e}, below "
+                    f"{cfg.monitor.collapse_ratio} x 1/sqrt({cfg.model.dim}) = {cfg.monitor.collapse_ratio * healthy_std:.2e} "
+                    f"for {low_std_epochs} epochs. The representation collapsed; check stop_gradient, the predictor "
+                    "and the lr (monitor.collapse_patience=0 disables the alarm)")
+        else:
+            low_std_epochs = 0
+    logger.close()
+    if dist.is_main:
+        (out_dir / "done").write_text(f"epochs {cfg.optim.epochs}\n")
+    return out_dir
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default=str(Path(__file__).parent / "configs" / "embedded_cpu.yaml"),
+                   help="YAML run config (its _base_ holds every key with its meaning)")
+    p.add_argument("overrides", nargs="*", help="dotted.key=value overrides, e.g. optim.epochs=10")
+    return p.parse_args(argv)
+
+
+def cli(argv=None) -> None:
+    args = parse_args(argv)
+    run_cli(lambda: main(load_config(args.config, args.overrides)))
+
+
+if __name__ == "__main__":
+    cli()
