@@ -92,6 +92,21 @@ def image_folder(root: str | Path, transform=None, skip_bad: bool = False) -> da
     return ds
 
 
+def drop_undecodable(ds: datasets.ImageFolder) -> int:
+    """Remove the samples that do not decode (one extra pass over the files); returns how many."""
+    good = []
+    for path, target in ds.samples:
+        try:
+            load_rgb(path)
+            good.append((path, target))
+        except BadImageError:
+            pass
+    dropped = len(ds.samples) - len(good)
+    ds.samples = ds.imgs = good
+    ds.targets = [t for _, t in good]
+    return dropped
+
+
 def _skipping_loader(path: str):
     try:
         return load_rgb(path)

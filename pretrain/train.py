@@ -22,8 +22,8 @@ from core.features import extract_features
 from core.knn import knn_accuracy
 from core.models import SimSiam
 from core.runtime import MetricsLogger, UserError, check_writable_dir, git_revision, rng_state, run_cli, seed_everything
-from pretrain.data import (ResumableSampler, TwoViewDataset, collate_skipping, eval_transform, image_folder,
-                           simsiam_augmentation)
+from pretrain.data import (ResumableSampler, TwoViewDataset, collate_skipping, drop_undecodable, eval_transform,
+                           image_folder, simsiam_augmentation)
 from pretrain.loss import output_std, simsiam_loss
 from pretrain.schedule import cosine_lr, scaled_lr, set_lr
 
@@ -82,17 +82,25 @@ def resume(model, optimizer, cfg, out_dir: Path) -> tuple[int, int, int, Path | 
     return ck["epoch"], ck.get("step_in_epoch", 0), ck.get("global_step", 0), path
 
 
-def knn_monitor(model: SimSiam, cfg: Config, dist, transform) -> float | None:
-    """kNN top-1 of pool5 features: bank = knn_train_dir, queries = knn_val_dir, clean centre-crop pass."""
+def knn_sets(cfg: Config, transform):
+    """The kNN monitor's bank (knn_train_dir) and queries (knn_val_dir), or None when not configured."""
     m = cfg.monitor
-    if not m.knn_train_dir or not m.knn_val_dir:
+    if not (m.knn_every and m.knn_train_dir and m.knn_val_dir):
         return None
-    bank = image_folder(m.knn_train_dir, transform)
-    queries = image_folder(m.knn_val_dir, transform)
-    kw = dict(device=dist.device, batch_size=m.knn_batch_size, num_workers=cfg.data.workers, rank=dist.rank)
+    sets = [image_folder(d, transform) for d in (m.knn_train_dir, m.knn_val_dir)]
+    if cfg.data.skip_bad_images:
+        for ds in sets:
+            drop_undecodable(ds)
+    return sets
+
+
+def knn_monitor(model: SimSiam, cfg: Config, dist, sets) -> float:
+    """kNN top-1 of pool5 features from a clean centre-crop pass (official monitor: k=200, T=0.2)."""
+    bank, queries = sets
+    kw = dict(device=dist.device, batch_size=cfg.monitor.knn_batch_size, num_workers=cfg.data.workers, rank=dist.rank)
     fb, lb = extract_features(model.encoder, bank, desc="knn bank", **kw)
     fq, lq = extract_features(model.encoder, queries, desc="knn queries", **kw)
-    return knn_accuracy(fb, lb, fq, lq, len(bank.classes), k=m.knn_k, temperature=m.knn_t)["top1"]
+    return knn_accuracy(fb, lb, fq, lq, len(bank.classes), k=cfg.monitor.knn_k, temperature=cfg.monitor.knn_t)["top1"]
 
 
 def main(cfg: Config) -> Path:
@@ -134,7 +142,7 @@ def main(cfg: Config) -> Path:
               + (f"; resumed from {resumed_from.name} (epoch {start_epoch}, step {skip_steps})" if resumed_from else ""))
     healthy_std = 1.0 / math.sqrt(cfg.model.dim)
     low_std_epochs = 0
-    eval_tf = eval_transform(cfg.data.crop_size)
+    monitor_sets = knn_sets(cfg, eval_transform(cfg.data.crop_size))
     last_good = resumed_from
 
     def save(path: Path, epoch: int, step_in_epoch: int) -> None:
@@ -199,8 +207,8 @@ def main(cfg: Config) -> Path:
             "data_wait_frac": sums["data_s"] / elapsed,
             "skipped_images": int(all_reduce_mean(sums["skipped"], dist.device) * ws),
         }
-        if cfg.monitor.knn_every and ((epoch + 1) % cfg.monitor.knn_every == 0 or epoch + 1 == cfg.optim.epochs):
-            record["knn_top1"] = knn_monitor(model, cfg, dist, eval_tf)
+        if monitor_sets and ((epoch + 1) % cfg.monitor.knn_every == 0 or epoch + 1 == cfg.optim.epochs):
+            record["knn_top1"] = knn_monitor(model, cfg, dist, monitor_sets)
         logger.log(record, global_step)
         if dist.is_main:
             print("pretrain: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()))
