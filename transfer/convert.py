@@ -1,0 +1,132 @@
+"""torchvision ResNet-50 backbone keys -> detectron2 R50-C4 weights (PROTOCOL.md section 5).
+
+The input is whatever `core.checkpoint.load_backbone_state` accepts (SimSiam, MoCo, torchvision,
+"random"); that loader already strips the DDP/encoder prefixes, drops the projector/classifier
+`fc.*` and checks the key set against a ResNet-50. Here we only rename and serialise:
+
+    conv1.weight                  -> stem.conv1.weight
+    bn1.*                         -> stem.conv1.norm.*
+    layer1..layer4                -> res2..res5
+    layerN.i.bnK.*                -> resM.i.convK.norm.*
+    layerN.i.downsample.0.weight  -> resM.i.shortcut.weight
+    layerN.i.downsample.1.*       -> resM.i.shortcut.norm.*
+
+The file is a pickle of `{"model": {name: np.ndarray}, "__author__": str, "matching_heuristics": True}`:
+detectron2's DetectionCheckpointer then matches keys by suffix, which is how `res5.*` lands in the C4
+model's `roi_heads.res5.*`. Only numpy arrays and plain Python types go in (no torch objects), so
+the file loads without torch and cannot carry code beyond numpy's own reconstructors.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import re
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from core.checkpoint import CheckpointError, load_backbone_state
+
+ARCH = "resnet50"  # the C4 recipe is defined for ResNet-50 only
+_LAYER_RE = re.compile(r"^layer([1-4])$")
+_BN_RE = re.compile(r"^bn([1-3])$")
+
+
+def d2_name(tv_key: str) -> str:
+    """Rename one torchvision ResNet key to detectron2's ResNet naming."""
+    parts = tv_key.split(".")
+    if not _LAYER_RE.match(parts[0]):
+        parts = ["stem", *parts]  # conv1 / bn1 of the stem
+    out = []
+    i = 0
+    while i < len(parts):
+        p = parts[i]
+        if m := _LAYER_RE.match(p):
+            out.append(f"res{int(m.group(1)) + 1}")
+        elif m := _BN_RE.match(p):
+            out += [f"conv{m.group(1)}", "norm"]
+        elif p == "downsample":
+            # downsample.0 is the 1x1 projection conv, downsample.1 its BN
+            index = parts[i + 1]
+            if index not in ("0", "1"):
+                raise ValueError(f"unexpected downsample index in {tv_key!r}")
+            out += ["shortcut"] if index == "0" else ["shortcut", "norm"]
+            i += 1
+        else:
+            out.append(p)
+        i += 1
+    return ".".join(out)
+
+
+def to_d2_state(backbone_state: dict[str, torch.Tensor]) -> tuple[dict[str, np.ndarray], list[str]]:
+    """Renamed numpy copies of a torchvision backbone state; also the names of filled-in BN counters.
+
+    Some exports (the classic torchvision ImageNet file among them) lack the BN `num_batches_tracked`
+    counters. They are written as 0 so that every buffer of the detectron2 model receives a value;
+    the counter is unused by BN with a fixed momentum, so 0 changes nothing numerically.
+    """
+    model: dict[str, np.ndarray] = {}
+    for key, value in backbone_state.items():
+        if key.startswith("fc."):
+            raise ValueError(f"classifier/projector tensor {key!r} must be dropped before conversion")
+        model[d2_name(key)] = value.detach().cpu().numpy().copy()
+    filled = []
+    for key in list(model):
+        if key.endswith(".running_var"):
+            counter = key[: -len("running_var")] + "num_batches_tracked"
+            if counter not in model:
+                model[counter] = np.zeros((), dtype=np.int64)
+                filled.append(counter)
+    return model, filled
+
+
+def write_d2_weights(model: dict[str, np.ndarray], path: str | Path, author: str) -> Path:
+    """Pickle the detectron2 weight dict atomically (temp file + rename)."""
+    path = Path(path)
+    if path.suffix != ".pkl":
+        # detectron2 reads .pkl as a pickle of numpy arrays and anything else as a torch file.
+        raise CheckpointError(f"output {path} must end in .pkl (detectron2 picks the reader by extension)")
+    for k, v in model.items():
+        if not isinstance(v, np.ndarray):
+            raise TypeError(f"{k}: only numpy arrays go into the detectron2 file, got {type(v).__name__}")
+    payload = {"model": model, "__author__": str(author), "matching_heuristics": True}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            pickle.dump(payload, f, protocol=pickle.HIGHEST_PROTOCOL)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_d2_weights(path: str | Path) -> dict:
+    with open(path, "rb") as f:
+        return pickle.load(f, encoding="latin1")
+
+
+def load_resnet50_state(source: str | Path, seed: int = 0) -> tuple[dict[str, torch.Tensor], str]:
+    """The shared loader, with the refusal message phrased for this stage."""
+    try:
+        return load_backbone_state(source, arch=ARCH, seed=seed)
+    except CheckpointError as e:
+        raise CheckpointError(f"{e}. The detectron2 R50-C4 transfer needs a ResNet-50 backbone") from None
+
+
+def convert(source: str | Path, out: str | Path, seed: int = 0) -> dict:
+    """Convert `source` (a checkpoint path or "random") into a detectron2 .pkl at `out`.
+
+    Returns a summary: kind, the torchvision state used (for verification), tensor count, filled counters.
+    """
+    state, kind = load_resnet50_state(source, seed)
+    model, filled = to_d2_state(state)
+    origin = f"seed {seed}" if kind == "random" else str(Path(source).resolve())
+    write_d2_weights(model, out, author=f"simsiam-transfer convert_to_d2 ({kind}: {origin})")
+    return {"kind": kind, "tv_state": state, "num_tensors": len(model), "filled_counters": filled, "out": Path(out)}

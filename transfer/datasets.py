@@ -1,0 +1,184 @@
+"""Register the VOC and COCO splits the detection configs name, from the standard layouts under a root.
+
+detectron2 registers the same names at import from $DETECTRON2_DATASETS (default ./datasets); we
+replace those entries so the data root is explicit, the layout is checked before any training, and
+bad annotations fail with one message naming the file.
+
+Class names: VOC uses detectron2's 20 VOC classes, unless the root carries the embedded generator's
+marker (`embedded_data.json`): then the generator's shape classes. COCO takes its classes from the
+json's `categories` (detectron2's loader), so the switch only matters for NUM_CLASSES.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from pathlib import Path
+
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data.datasets import register_coco_instances, register_pascal_voc
+from detectron2.data.datasets.pascal_voc import CLASS_NAMES as VOC_CLASS_NAMES
+
+from core.embedded_data import CLASS_NAMES as EMBEDDED_CLASS_NAMES
+from core.embedded_data import MARKER_NAME
+from core.runtime import UserError
+
+logger = logging.getLogger(__name__)
+
+# name -> (VOCdevkit sub-folder, ImageSets split, year). The year picks the VOC07 11-point metric.
+VOC_SPLITS = {
+    "voc_2007_trainval": ("VOC2007", "trainval", 2007),
+    "voc_2007_test": ("VOC2007", "test", 2007),
+    "voc_2012_trainval": ("VOC2012", "trainval", 2012),
+}
+# name -> (image folder, annotation json), both relative to the data root
+COCO_SPLITS = {
+    "coco_2017_train": ("coco/train2017", "coco/annotations/instances_train2017.json"),
+    "coco_2017_val": ("coco/val2017", "coco/annotations/instances_val2017.json"),
+}
+EXPECTED_LAYOUT = (  # one line: errors are printed as one line
+    "expected layout under the data root: "
+    "VOCdevkit/VOC2007/{Annotations/*.xml, ImageSets/Main/{trainval,test}.txt, JPEGImages/*.jpg}; "
+    "VOCdevkit/VOC2012/{Annotations/*.xml, ImageSets/Main/trainval.txt, JPEGImages/*.jpg}; "
+    "coco/annotations/instances_{train,val}2017.json with coco/{train,val}2017/*.jpg "
+    "(set the root with --data-root or $DETECTRON2_DATASETS; "
+    "`python -m core.embedded_data --out DIR` writes a small synthetic one)"
+)
+# What detectron2's VOC loader and evaluator read from every object.
+_VOC_OBJECT_FIELDS = ("name", "pose", "truncated", "difficult", "bndbox/xmin", "bndbox/ymin", "bndbox/xmax", "bndbox/ymax")
+
+
+@dataclass(frozen=True)
+class ClassInfo:
+    names: tuple[str, ...] | None  # None: read from the COCO json at load time
+    source: str
+
+
+def default_data_root() -> Path:
+    return Path(os.path.expanduser(os.getenv("DETECTRON2_DATASETS", "datasets")))
+
+
+def is_embedded(root: str | Path) -> bool:
+    return (Path(root) / MARKER_NAME).is_file()
+
+
+def class_info(root: str | Path, dataset_names) -> ClassInfo:
+    """The class list the configured datasets use (see module docstring)."""
+    names = list(dataset_names)
+    embedded = is_embedded(root)
+    if embedded:
+        return ClassInfo(EMBEDDED_CLASS_NAMES, f"embedded synthetic data ({MARKER_NAME} in {root}): "
+                                               f"{len(EMBEDDED_CLASS_NAMES)} shape classes")
+    if all(n in VOC_SPLITS for n in names):
+        return ClassInfo(tuple(VOC_CLASS_NAMES), "Pascal VOC: the 20 VOC classes")
+    return ClassInfo(None, "COCO: classes from the annotation json's categories")
+
+
+def _missing(paths: list[Path]) -> list[Path]:
+    return [p for p in paths if not p.exists()]
+
+
+def _layout_error(name: str, missing: list[Path]) -> UserError:
+    shown = ", ".join(str(p) for p in missing[:3])
+    return UserError(f"dataset {name}: missing {shown}; {EXPECTED_LAYOUT}")
+
+
+def read_split_ids(split_file: Path) -> list[str]:
+    return [line.strip() for line in split_file.read_text().splitlines() if line.strip()]
+
+
+def validate_voc(dirname: Path, split: str, class_names) -> int:
+    """Every listed image has its JPEG and a complete XML; returns the number of images.
+
+    detectron2's loader would stop with `'NoneType' object has no attribute 'text'` and no file name.
+    """
+    ids = read_split_ids(dirname / "ImageSets" / "Main" / f"{split}.txt")
+    if len(ids) < 2:  # detectron2 reads the list with np.loadtxt, which cannot iterate one line
+        raise UserError(f"{dirname}/ImageSets/Main/{split}.txt lists {len(ids)} image(s); at least 2 are needed")
+    known = set(class_names)
+    for file_id in ids:
+        xml = dirname / "Annotations" / f"{file_id}.xml"
+        if not xml.is_file():
+            raise UserError(f"VOC annotation missing: {xml} (listed in ImageSets/Main/{split}.txt)")
+        if not (dirname / "JPEGImages" / f"{file_id}.jpg").is_file():
+            raise UserError(f"VOC image missing: {dirname / 'JPEGImages' / (file_id + '.jpg')}")
+        try:
+            tree = ET.parse(xml)
+        except ET.ParseError as e:
+            raise UserError(f"VOC annotation {xml} is not valid XML: {e}") from None
+        for field in ("size/width", "size/height"):
+            if tree.find(field) is None or not (tree.find(field).text or "").strip():
+                raise UserError(f"VOC annotation {xml} lacks <{field}>")
+        for i, obj in enumerate(tree.findall("object")):
+            for field in _VOC_OBJECT_FIELDS:
+                node = obj.find(field)
+                if node is None or not (node.text or "").strip():
+                    raise UserError(f"VOC annotation {xml}: object {i} lacks <{field}> "
+                                    "(detectron2's loader and VOC evaluator read it)")
+            name = obj.find("name").text.strip()
+            if name not in known:
+                raise UserError(f"VOC annotation {xml}: object {i} has class {name!r}, not one of the "
+                                f"{len(known)} configured classes (is the embedded-data marker missing or wrong?)")
+    return len(ids)
+
+
+def _replace(name: str) -> None:
+    """Drop detectron2's import-time registration of the same name (it points at ./datasets)."""
+    if name in DatasetCatalog.list():
+        DatasetCatalog.remove(name)
+    if name in MetadataCatalog.list():
+        MetadataCatalog.remove(name)
+
+
+def register_voc(name: str, root: Path, class_names) -> None:
+    folder, split, year = VOC_SPLITS[name]
+    dirname = root / "VOCdevkit" / folder
+    need = [dirname / "Annotations", dirname / "JPEGImages", dirname / "ImageSets" / "Main" / f"{split}.txt"]
+    if missing := _missing(need):
+        raise _layout_error(name, missing)
+    count = validate_voc(dirname, split, class_names)
+    _replace(name)
+    register_pascal_voc(name, str(dirname), split, year, class_names=tuple(class_names))
+    MetadataCatalog.get(name).evaluator_type = "pascal_voc"
+    logger.info("registered %s: %d images from %s", name, count, dirname)
+
+
+def register_coco(name: str, root: Path) -> None:
+    image_dir, json_file = (root / p for p in COCO_SPLITS[name])
+    if missing := _missing([json_file, image_dir]):
+        raise _layout_error(name, missing)
+    _replace(name)
+    register_coco_instances(name, {}, str(json_file), str(image_dir))
+    load = DatasetCatalog[name]  # detectron2's loader; wrapped so a bad category id names the file
+
+    def load_checked():
+        try:
+            return load()
+        except KeyError as e:
+            detail = e.args[0] if e.args else repr(e)
+            if "category_id" in str(detail):
+                raise UserError(f"COCO annotations {json_file}: {detail} Fix the annotation or add the "
+                                "category to 'categories'") from None
+            raise UserError(f"COCO annotations {json_file} are malformed: missing key {detail}") from None
+
+    DatasetCatalog.remove(name)
+    DatasetCatalog.register(name, load_checked)
+    logger.info("registered %s: %s, images in %s", name, json_file, image_dir)
+
+
+def register_datasets(dataset_names, root: str | Path, classes: ClassInfo) -> None:
+    """Register each named split from `root`; unknown names and missing files raise UserError."""
+    root = Path(root)
+    if not root.is_dir():
+        raise UserError(f"data root {root} does not exist; {EXPECTED_LAYOUT}")
+    logger.info("class names: %s", classes.source)
+    for name in dict.fromkeys(dataset_names):  # keep order, drop repeats
+        if name in VOC_SPLITS:
+            register_voc(name, root, classes.names or VOC_CLASS_NAMES)
+        elif name in COCO_SPLITS:
+            register_coco(name, root)
+        else:
+            raise UserError(f"unknown dataset {name!r}; this trainer registers "
+                            + ", ".join([*VOC_SPLITS, *COCO_SPLITS]))
