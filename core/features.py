@@ -45,9 +45,12 @@ def extract_features(
     loader = DataLoader(Subset(dataset, indices.tolist()), batch_size=batch_size, shuffle=False,
                         num_workers=num_workers, pin_memory=device.type == "cuda")
     feats, labels = [], []
-    for images, target in tqdm(loader, desc=desc, disable=not show_progress or rank != 0, leave=False):
+    bar = tqdm(total=len(indices), desc=desc, unit="img", disable=not show_progress or rank != 0, leave=False)
+    for images, target in loader:
         feats.append(net(images.to(device, non_blocking=True)).float())
         labels.append(torch.as_tensor(target).to(device))
+        bar.update(len(images))  # the bar's rate is images/s
+    bar.close()
     feats = torch.cat(feats) if feats else torch.zeros(0, 1, device=device)
     labels = torch.cat(labels) if labels else torch.zeros(0, dtype=torch.long, device=device)
     if ws > 1:

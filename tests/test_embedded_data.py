@@ -92,7 +92,7 @@ def test_classification_object_size_and_label():
         image, obj = classification_scene(np.random.default_rng(index), label, size)
         assert image.size == (size, size) and obj.label == label
         extent = np.ptp(obj.polygon, axis=0).max() / size
-        assert 0.35 - 1e-3 <= extent <= 0.75 + 1e-3
+        assert 0.65 - 1e-3 <= extent <= 0.95 + 1e-3
         assert obj.polygon.min() >= 0 and obj.polygon.max() <= size
 
 
