@@ -2,7 +2,6 @@
 VENV  ?= .venv
 PY    := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml transfer/install_detectron2.sh | sha1sum | cut -c1-10)
-RUN   ?= runs/demo
 
 .PHONY: setup test demo bench clean
 setup: $(STAMP)
@@ -19,7 +18,7 @@ test: setup
 	$(PY) -m pytest
 
 demo: setup
-	PYTHON=$(PY) bash pretrain/run.sh
+	$(PY) -m pipeline.run --config pipeline/configs/demo.yaml
 
 bench: setup
 	$(PY) -m bench.run_all

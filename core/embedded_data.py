@@ -36,7 +36,9 @@ import numpy as np
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
-FORMAT_VERSION = 2
+from core.runtime import UserError, run_cli
+
+FORMAT_VERSION = 3  # bump whenever the generated content changes: stale data dirs are then refused
 MARKER_NAME = "embedded_data.json"
 
 # Sorted, so ImageFolder's alphabetical label order equals the index into this tuple.
@@ -569,13 +571,20 @@ def _parse_args(argv: list[str] | None) -> tuple[Path, EmbeddedDataConfig]:
     return out, EmbeddedDataConfig(**args)
 
 
-def main(argv: list[str] | None = None) -> None:
+def _generate_and_describe(argv: list[str] | None) -> None:
     out, cfg = _parse_args(argv)
-    root = generate(out, cfg)
+    try:
+        root = generate(out, cfg)
+    except ValueError as e:  # a bad config value or a folder holding other data
+        raise UserError(str(e)) from None
     print(f"embedded data (seed {cfg.seed}) at {root}")
     for name, count in count_images(root).items():
         print(f"  {name}: {count} images")
     print(f"  COCO annotations: {root / 'coco' / 'annotations'}; VOC ImageSets: {root / 'VOCdevkit'}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    run_cli(_generate_and_describe, argv)
 
 
 if __name__ == "__main__":

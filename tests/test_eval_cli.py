@@ -49,7 +49,8 @@ def test_all_writes_every_result_with_its_protocol(toy):
     assert fast["official_probe"]["gap_top1"] == pytest.approx(fast["fast_probe"]["top1"] - lin["linear"]["last_epoch"]["top1"])
     # one feature pass per split for everything: kNN extracted, the probes reused
     assert not knn_result["features"]["train"]["cached"] and fast["features"]["train"][0]["cached"] is False
-    assert len(list((out / "feature_cache").glob("*.pt"))) == 2
+    assert len(fast["features"]["train"]) == 2  # the centre crop and the default one augmented view
+    assert len(list((out / "feature_cache").glob("*.pt"))) == 3
 
 
 def _error_line(entry, argv, capsys):

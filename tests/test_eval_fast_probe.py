@@ -74,7 +74,8 @@ def test_l2_is_chosen_without_val(tmp_path, monkeypatch):
         return out
 
     monkeypatch.setattr(logistic, "choose_l2", recording_choose_l2)
-    cfg = load_config(EVAL_DEFAULTS, ["fast_probe.l2_grid=[10.0,0.1,0.001]", "fast_probe.max_iter=50"])
+    cfg = load_config(EVAL_DEFAULTS, ["fast_probe.l2_grid=[10.0,0.1,0.001]", "fast_probe.max_iter=50",
+                                     "fast_probe.aug_views=0"])
     results = []
     for val_labels in (yv, yv[torch.randperm(len(yv), generator=torch.Generator().manual_seed(0))], (yv + 1) % 4):
         ctx = StubContext(tmp_path, (x, y), (xv, val_labels), calls)

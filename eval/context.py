@@ -1,0 +1,145 @@
+"""What every evaluation protocol starts from: the process group, the datasets, the frozen backbone
+with its identity (path, sha256, detected kind), the feature cache, and the protocol record that
+every result JSON carries."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+from torchvision import transforms
+
+from core.checkpoint import RANDOM, load_backbone
+from core.config import Config, dump_config
+from core.distributed import init_distributed
+from core.models import ARCHS, feature_dim
+from core.runtime import UserError, check_writable_dir, git_revision, seed_everything
+from eval.feature_cache import LAYER, SeededView, cached_features
+from pretrain.data import IMAGENET_MEAN, IMAGENET_STD, eval_transform, image_folder
+
+_SHA256 = {}  # (path, size, mtime_ns) -> digest: eval.all and repeated calls hash a checkpoint once
+
+
+def file_sha256(path: str | Path) -> str:
+    st = os.stat(path)
+    memo = (str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+    if memo not in _SHA256:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 22), b""):
+                h.update(block)
+        _SHA256[memo] = h.hexdigest()
+    return _SHA256[memo]
+
+
+def train_augmentation(size: int, min_scale: float) -> transforms.Compose:
+    """The linear probe's training view (official): RandomResizedCrop(size) + horizontal flip."""
+    return transforms.Compose([
+        transforms.RandomResizedCrop(size, scale=(min_scale, 1.0)),
+        transforms.RandomHorizontalFlip(),
+        transforms.ToTensor(),
+        transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+    ])
+
+
+class EvalContext:
+    """Opened once per command (eval.all shares one across protocols, so features are loaded once)."""
+
+    def __init__(self, cfg: Config):
+        if not cfg.checkpoint:
+            raise UserError("no checkpoint given: pass --checkpoint PATH (SimSiam, MoCo or torchvision) "
+                            "or --checkpoint random")
+        if cfg.arch not in ARCHS:
+            raise UserError(f"unknown arch {cfg.arch!r}; choose one of {', '.join(ARCHS)}")
+        for key in ("train_dir", "val_dir"):
+            if not cfg.data[key]:
+                flag = "--" + key.replace("_", "-")
+                raise UserError(f"no {key.replace('_', ' ')} given: pass {flag} DIR (an ImageFolder root)")
+        self.cfg = cfg
+        try:
+            self.dist = init_distributed(cfg.device)
+        except RuntimeError as e:  # e.g. device=cuda on a machine without a GPU
+            raise UserError(str(e)) from None
+        self.out_dir = check_writable_dir(cfg.out_dir)
+        self.cache_dir = Path(cfg.features.cache_dir or self.out_dir / "feature_cache")
+        seed_everything(cfg.seed)
+        self.val_transform = eval_transform(cfg.data.image_size)
+        self.train_set = image_folder(cfg.data.train_dir, self.val_transform)
+        self.val_set = image_folder(cfg.data.val_dir, self.val_transform)
+        if self.val_set.classes != self.train_set.classes:
+            only_val = sorted(set(self.val_set.classes) - set(self.train_set.classes))
+            only_train = sorted(set(self.train_set.classes) - set(self.val_set.classes))
+            raise UserError(f"val dir {cfg.data.val_dir} and train dir {cfg.data.train_dir} have different classes "
+                            f"(only in val: {only_val[:5]}, only in train: {only_train[:5]}); labels would not match")
+        self.num_classes = len(self.train_set.classes)
+        self.net, kind = load_backbone(cfg.checkpoint, cfg.arch, cfg.seed, num_classes=self.num_classes)
+        self.net.requires_grad_(False)
+        self.net.eval()  # frozen: BN uses the checkpoint's running statistics, always
+        self.net.to(self.dist.device)
+        is_random = str(cfg.checkpoint) == RANDOM
+        self.checkpoint_id = {
+            "path": RANDOM if is_random else str(Path(cfg.checkpoint).resolve()),
+            "sha256": None if is_random else file_sha256(cfg.checkpoint),
+            "kind": kind,
+            "arch": cfg.arch,
+            "seed": cfg.seed if is_random else None,
+        }
+        self._memo = {}
+        if self.dist.is_main:
+            dump_config(cfg, self.out_dir / "eval_config.yaml")
+            c = self.checkpoint_id
+            print(f"eval: {c['kind']} checkpoint {c['path']} ({cfg.arch}), {len(self.train_set)} train / "
+                  f"{len(self.val_set)} val images, {self.num_classes} classes, device {self.dist.device}")
+
+    # ------------------------------------------------------------------ features
+
+    def _features(self, name: str, dataset):
+        if name not in self._memo:
+            self._memo[name] = cached_features(
+                self.net, self.checkpoint_id, dataset, self.cache_dir, device=self.dist.device,
+                batch_size=self.cfg.features.batch_size, workers=self.cfg.data.workers, rank=self.dist.rank, desc=name)
+        return self._memo[name]
+
+    def center_features(self, split: str):
+        """(feats, labels, info) of the clean centre-crop pass over 'train' or 'val'."""
+        return self._features(f"{split} centre crop", self.train_set if split == "train" else self.val_set)
+
+    def augmented_train_features(self, view: int):
+        """(feats, labels, info) of augmented view `view` of the training set (linear probe's train aug)."""
+        aug = train_augmentation(self.cfg.data.image_size, self.cfg.linear.min_scale)
+        return self._features(f"train view {view}", SeededView(self.train_set, aug, self.cfg.seed, view))
+
+    # ------------------------------------------------------------------ provenance
+
+    def protocol(self, **specific) -> dict:
+        """The whole protocol of a result: checkpoint identity, layer, data, transforms, seed, plus `specific`."""
+        cfg = self.cfg
+        return {
+            "checkpoint": dict(self.checkpoint_id),
+            "layer": LAYER,
+            "feature_dim": feature_dim(self.net),
+            "train_dir": str(Path(cfg.data.train_dir).resolve()),
+            "val_dir": str(Path(cfg.data.val_dir).resolve()),
+            "num_train": len(self.train_set),
+            "num_val": len(self.val_set),
+            "num_classes": self.num_classes,
+            "image_size": cfg.data.image_size,
+            "val_transform": repr(self.val_transform),
+            "seed": cfg.seed,
+            "device": str(self.dist.device),
+            "world_size": self.dist.world_size,
+            "git_revision": git_revision(),
+            **specific,
+        }
+
+    def write_result(self, name: str, result: dict) -> Path:
+        """out_dir/<name>.json written atomically (rank 0), so a reader never sees half a result."""
+        path = self.out_dir / f"{name}.json"
+        if self.dist.is_main:
+            tmp = path.with_name(f".{path.name}.tmp")
+            tmp.write_text(json.dumps(result, indent=2) + "\n")
+            os.replace(tmp, path)
+        return path
+

@@ -1,0 +1,104 @@
+"""Fast linear probe: multinomial logistic regression on cached pool5 features, in seconds to minutes.
+
+    python -m eval.fast_probe --checkpoint PATH|random --arch resnet50 --train-dir DIR --val-dir DIR --out-dir DIR
+
+Trains on the cached centre-crop training features (plus fast_probe.aug_views cached augmented views),
+full-batch L-BFGS on the device. Its L2 weight is chosen on a held-out part of the TRAINING set (val
+is never looked at for the choice), then it is refit on the whole training set and scored once on val.
+It is a proxy of the official probe for use after every checkpoint; when linear.json of the same
+checkpoint sits in the out dir, the result carries the measured gap to it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import torch
+
+from core.config import Config
+from core.knn import topk_accuracy
+from core.runtime import UserError
+from eval import logistic
+from eval.cli import cli
+from eval.context import EvalContext
+
+
+def _validate(cfg: Config) -> None:
+    fp = cfg.fast_probe
+    if not fp.l2_grid or any(not isinstance(v, (int, float)) or v < 0 for v in fp.l2_grid):
+        raise UserError(f"fast_probe.l2_grid must be a non-empty list of L2 weights >= 0, got {fp.l2_grid!r}")
+    if not 0 < fp.holdout_fraction < 1:
+        raise UserError(f"fast_probe.holdout_fraction must be in (0, 1), got {fp.holdout_fraction}")
+    if fp.aug_views < 0 or fp.max_iter < 1:
+        raise UserError("fast_probe.aug_views must be >= 0 and fast_probe.max_iter >= 1")
+
+
+def official_gap(ctx: EvalContext, top1: float) -> dict | None:
+    """The official probe's numbers beside ours, if linear.json of the same checkpoint and data is there."""
+    path = ctx.out_dir / "linear.json"
+    if not path.is_file():
+        return None
+    official = json.loads(path.read_text())
+    mine = ctx.protocol()
+    same = all(official["protocol"].get(k) == mine[k] for k in ("checkpoint", "train_dir", "val_dir", "image_size"))
+    if not same:
+        return None
+    last = official["linear"]["last_epoch"]
+    return {"official_last_epoch_top1": last["top1"], "gap_top1": round(top1 - last["top1"], 4),
+            "note": "gap = fast probe top1 - official probe last-epoch top1"}
+
+
+def main(cfg: Config, ctx: EvalContext | None = None) -> dict:
+    _validate(cfg)
+    fp = cfg.fast_probe
+    ctx = ctx or EvalContext(cfg)
+    device = ctx.dist.device
+    start = time.perf_counter()
+    centre, labels, centre_info = ctx.center_features("train")
+    views, view_infos = [centre], [centre_info]
+    for v in range(fp.aug_views):
+        feats, view_labels, info = ctx.augmented_train_features(v)
+        assert torch.equal(view_labels, labels)
+        views.append(feats)
+        view_infos.append(info)
+    train_views = torch.stack(views).to(device)  # V x N x D
+    labels = labels.to(device)
+    features_s = time.perf_counter() - start
+
+    start = time.perf_counter()
+    l2, table = logistic.choose_l2(train_views, labels, ctx.num_classes, list(fp.l2_grid), fp.holdout_fraction,
+                                   cfg.seed, fp.max_iter)
+    # Only now, with the L2 weight fixed, do val features enter.
+    model = logistic.fit(train_views.reshape(-1, train_views.shape[-1]), labels.repeat(len(views)),
+                         ctx.num_classes, l2, fp.max_iter)
+    fit_s = time.perf_counter() - start
+    val_feats, val_labels, val_info = ctx.center_features("val")
+    with torch.no_grad():
+        acc = topk_accuracy(model.logits(val_feats.to(device)), val_labels.to(device))
+    top1, top5 = round(acc["top1"], 4), round(acc["top5"], 4)
+    result = {
+        "protocol": ctx.protocol(
+            method="fast probe: multinomial logistic regression on cached pool5 features, full-batch L-BFGS",
+            features="train centre crop" + (f" + {fp.aug_views} augmented views" if fp.aug_views else ""),
+            train_transform_views=[i["transform"] for i in view_infos], standardise="train mean / std",
+            l2_grid=list(fp.l2_grid), l2_selection=f"stratified {fp.holdout_fraction:g} of train held out (val unused)",
+            optimizer="L-BFGS, full batch, strong-Wolfe line search", max_iter=fp.max_iter),
+        "fast_probe": {"top1": top1, "top5": top5, "chosen_l2": l2, "holdout": table},
+        "official_probe": official_gap(ctx, top1),
+        "seconds": {"features": round(features_s, 3), "fit": round(fit_s, 3)},
+        "features": {"train": view_infos, "val": val_info},
+    }
+    ctx.write_result("fast_probe", result)
+    if ctx.dist.is_main:
+        print(f"fast probe: top1 {top1:.2f} top5 {top5:.2f} (L2 {l2:g} chosen on held-out train), "
+              f"fit {fit_s:.1f} s")
+    return result
+
+
+def cli_main(argv=None) -> None:
+    cli(main, __doc__, argv)
+
+
+if __name__ == "__main__":
+    cli_main()

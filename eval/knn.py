@@ -1,0 +1,64 @@
+"""Weighted kNN on frozen pool5 features (PROTOCOL.md section 4).
+
+    python -m eval.knn --checkpoint PATH|random --arch resnet50 --train-dir DIR --val-dir DIR --out-dir DIR
+
+Bank: l2-normalised features of the whole training set from a clean centre-crop pass; each val image
+takes its k most cosine-similar bank images, which vote exp(sim / T) for their class. Peers disagree
+on (k, T), so every configured pair is reported with its k, T and layer: (200, 0.2) is the official
+SimSiam monitor, (20, 0.07) the DINO / mmselfsup one.
+"""
+
+from __future__ import annotations
+
+from core.config import Config
+from core.knn import knn_accuracy
+from core.runtime import UserError
+from eval.cli import cli
+from eval.context import EvalContext
+
+KNOWN_SETTINGS = {(200, 0.2): "SimSiam official monitor", (20, 0.07): "DINO / mmselfsup", (200, 0.1): "VISSL / lightly"}
+
+
+def parse_grid(grid) -> list[tuple[int, float]]:
+    pairs = []
+    for item in grid:
+        ok = isinstance(item, (list, tuple)) and len(item) == 2 and isinstance(item[0], int) and item[0] > 0 \
+            and isinstance(item[1], (int, float)) and item[1] > 0
+        if not ok:
+            raise UserError(f"knn.grid entry {item!r} must be a pair [k, T] with k a positive int and T > 0")
+        pairs.append((item[0], float(item[1])))
+    if not pairs:
+        raise UserError("knn.grid is empty; give at least one [k, T] pair, e.g. knn.grid=[[200,0.2]]")
+    return pairs
+
+
+def main(cfg: Config, ctx: EvalContext | None = None) -> dict:
+    pairs = parse_grid(cfg.knn.grid)
+    ctx = ctx or EvalContext(cfg)
+    bank, bank_labels, bank_info = ctx.center_features("train")
+    queries, query_labels, query_info = ctx.center_features("val")
+    device = ctx.dist.device
+    rows = []
+    for k, t in pairs:
+        acc = knn_accuracy(bank.to(device), bank_labels.to(device), queries.to(device), query_labels.to(device),
+                           ctx.num_classes, k=k, temperature=t, memory_mb=cfg.knn.memory_mb)
+        rows.append({"k": k, "T": t, "setting": KNOWN_SETTINGS.get((k, t), "custom"),
+                     "top1": round(acc["top1"], 4), "top5": round(acc["top5"], 4)})
+        if ctx.dist.is_main:
+            print(f"knn k={k} T={t:g} ({rows[-1]['setting']}): top1 {acc['top1']:.2f}  top5 {acc['top5']:.2f}")
+    result = {
+        "protocol": ctx.protocol(method="weighted kNN, votes exp(cos/T), l2-normalised pool5, bank = train centre crops",
+                                 knn_grid=[[k, t] for k, t in pairs]),
+        "knn": rows,
+        "features": {"train": bank_info, "val": query_info},
+    }
+    ctx.write_result("knn", result)
+    return result
+
+
+def cli_main(argv=None) -> None:
+    cli(main, __doc__, argv)
+
+
+if __name__ == "__main__":
+    cli_main()

@@ -1,0 +1,472 @@
+"""One Markdown report (plus PNG plots) of a pipeline run directory.
+
+    python -m pipeline.report RUN [--dataset embedded] [--protocol protocol.json]
+
+Reads only the stage result files the runner leaves in RUN/ (pretrain/metrics.jsonl, eval/<backbone>/*.json,
+detection/<job>/<backbone>/trials_summary.json and trial0/metrics.json, manifest.json) and the paper's
+numbers in pipeline/references.yaml; writes RUN/report/report.md and RUN/report/*.png. A stage whose files
+are absent is reported as "not run" instead of failing, because partial runs are the normal case while a
+pipeline is being brought up.
+
+`protocol` describes what the run actually used, so the report can tell whether the paper's numbers are
+comparable at all:
+    {"dataset": "embedded",                 # pretraining data ("imagenet" to match the paper)
+     "pretrain_epochs": 100,                # optional: default = optim.epochs of pretrain/config.yaml
+     "detection": {"voc": {"benchmark": "VOC07+12", "dataset": "...", "schedule": "..."},
+                   "coco": {"dataset": "...", "schedule": "..."}}}
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: the report is written on servers without a display
+import matplotlib.pyplot as plt  # noqa: E402
+import yaml  # noqa: E402
+
+REFERENCES = Path(__file__).with_name("references.yaml")
+BACKBONES = ("pretrained", "random")
+JOBS = ("voc", "coco")
+METRICS = ("AP", "AP50", "AP75")
+TASK_NAMES = {"bbox": "box", "segm": "mask"}
+NOT_RUN = "not run"
+# Which Table 5 column(s) each detection job is compared with; (benchmark, task key in trials_summary).
+DEFAULT_BENCHMARKS = {"voc": [("VOC07+12", "bbox")], "coco": [("COCO box", "bbox"), ("COCO mask", "segm")]}
+SECTIONS = ("Run summary", "Pretraining", "Classification", "Detection", "Paper reference", "Plots")
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def read_json(path: Path):
+    """The parsed file, or None when the stage did not write it (or left it unreadable)."""
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """JSON lines; a torn last line (a run killed mid-write) is skipped rather than fatal."""
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows
+
+
+def read_yaml(path: Path):
+    try:
+        return yaml.safe_load(path.read_text())
+    except (FileNotFoundError, yaml.YAMLError):
+        return None
+
+
+def load_eval(run_dir: Path, backbone: str) -> dict | None:
+    """{"knn": ..., "linear": ..., "fast_probe": ...} (each a result dict or None), None if nothing ran.
+
+    eval.all writes summary.json holding all three; the single-protocol CLIs write knn.json etc. alone,
+    so the separate files are the fallback.
+    """
+    folder = run_dir / "eval" / backbone
+    summary = read_json(folder / "summary.json") or {}
+    found = {name: summary.get(name) or read_json(folder / f"{name}.json") for name in ("knn", "linear", "fast_probe")}
+    return found if any(found.values()) else None
+
+
+def load_detection(run_dir: Path, job: str, backbone: str) -> dict | None:
+    """{"summary": trials_summary.json's summary, "seeds": [...], "loss": [(iteration, total_loss)]} or None."""
+    folder = run_dir / "detection" / job / backbone
+    trials = read_json(folder / "trials_summary.json")
+    if not trials:
+        return None
+    # detectron2's metrics.json also holds evaluation lines without total_loss: keep training lines only.
+    loss = [(r["iteration"], r["total_loss"]) for r in read_jsonl(folder / "trial0" / "metrics.json")
+            if "iteration" in r and "total_loss" in r]
+    return {"summary": trials.get("summary", {}), "seeds": trials.get("seeds"), "loss": loss}
+
+
+def load_references(path: Path = REFERENCES) -> dict:
+    return yaml.safe_load(path.read_text())
+
+
+# ----------------------------------------------------------------------------- formatting
+
+
+def fmt(value, digits: int = 2) -> str:
+    """The one number format of the report (the test formats file values with it to check equality)."""
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "n/a"
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return f"{value:.{digits}f}"
+
+
+def fmt_delta(ours, ref) -> str:
+    if ours is None or ref is None:
+        return "n/a"
+    return f"{ours - ref:+.2f}"
+
+
+def mean_std_cell(stat: dict | None) -> str:
+    """'mean +- std'; a single trial has no std (trials.py stores None), so only the mean is shown."""
+    if not stat:
+        return NOT_RUN
+    std = stat.get("std")
+    return fmt(stat["mean"]) + (f" +- {fmt(std)}" if std is not None else "")
+
+
+def table(header: list[str], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return lines
+
+
+def bullets(obj, indent: int = 0, max_depth: int = 3) -> list[str]:
+    """A nested dict/list as Markdown bullets; deeper levels are summarised so huge configs stay readable."""
+    pad = "  " * indent
+    if isinstance(obj, dict):
+        lines = []
+        for key, value in obj.items():
+            if isinstance(value, (dict, list)) and value:
+                if indent + 1 >= max_depth:
+                    lines.append(f"{pad}- {key}: ({len(value)} entries)")
+                else:
+                    lines.append(f"{pad}- {key}:")
+                    lines += bullets(value, indent + 1, max_depth)
+            else:
+                lines.append(f"{pad}- {key}: `{value}`")
+        return lines
+    if isinstance(obj, list):
+        return [line for item in obj for line in (bullets(item, indent, max_depth) if isinstance(item, (dict, list))
+                                                  else [f"{pad}- `{item}`"])]
+    return [f"{pad}- `{obj}`"]
+
+
+# ----------------------------------------------------------------------------- comparability
+
+
+def run_epochs(protocol: dict, pretrain_config: dict | None):
+    if "pretrain_epochs" in protocol:
+        return protocol["pretrain_epochs"]
+    return ((pretrain_config or {}).get("optim") or {}).get("epochs")
+
+
+def differences(run: dict, ref: dict) -> list[str]:
+    """Human-readable list of protocol items in which the run differs from a reference; empty = comparable.
+
+    A missing run item counts as a difference: a comparison we cannot vouch for must not look valid.
+    """
+    diffs = []
+    for key, ref_value in ref.items():
+        ours = run.get(key)
+        if ours is None or str(ours).strip().lower() != str(ref_value).strip().lower():
+            diffs.append(f"{key}: run `{ours if ours is not None else 'unknown'}` vs paper `{ref_value}`")
+    return diffs
+
+
+def comparability_cell(diffs: list[str]) -> str:
+    return "comparable" if not diffs else "**not comparable** (" + "; ".join(diffs) + ")"
+
+
+# ----------------------------------------------------------------------------- sections
+
+
+def section_summary(run_dir: Path, manifest: dict | None, pretrain_config: dict | None, protocol: dict) -> list[str]:
+    lines = ["## Run summary", "", f"- run directory: `{run_dir}`",
+             f"- protocol used by the run: `{json.dumps(protocol, sort_keys=True)}`"]
+    if manifest is None:
+        lines.append(f"- manifest: {NOT_RUN} (no manifest.json)")
+    else:
+        git = manifest.get("git_revision") or manifest.get("git") or manifest.get("revision")
+        lines.append(f"- git revision: `{git if git is not None else 'n/a'}`")
+        # Everything else the runner recorded, shown as it is: its keys are the runner's to choose.
+        rest = {k: v for k, v in manifest.items() if k not in ("git_revision", "git", "revision")}
+        lines += bullets(rest)
+    if pretrain_config:
+        cfg = pretrain_config
+        highlights = {
+            "arch": cfg.get("arch"), "train_dir": (cfg.get("data") or {}).get("train_dir"),
+            "crop_size": (cfg.get("data") or {}).get("crop_size"),
+            "epochs": (cfg.get("optim") or {}).get("epochs"), "batch_size": (cfg.get("optim") or {}).get("batch_size"),
+            "base_lr": (cfg.get("optim") or {}).get("base_lr"),
+            "weight_decay": (cfg.get("optim") or {}).get("weight_decay"),
+            "fix_pred_lr": (cfg.get("optim") or {}).get("fix_pred_lr"),
+            "dim": (cfg.get("model") or {}).get("dim"), "pred_dim": (cfg.get("model") or {}).get("pred_dim"),
+        }
+        lines += ["- pretraining config highlights (pretrain/config.yaml):"] + bullets(highlights, 1)
+    return lines + [""]
+
+
+def section_pretraining(records: list[dict]) -> list[str]:
+    lines = ["## Pretraining", ""]
+    if not records:
+        return lines + [f"Pretraining: {NOT_RUN} (no pretrain/metrics.jsonl).", ""]
+    last = records[-1]
+    knn = [r for r in records if "knn_top1" in r]
+    rows = [["epochs logged", fmt(len(records))], ["last epoch", fmt(last["epoch"])], ["steps", fmt(last["step"])],
+            ["final loss", fmt(last["loss"], 4)], ["final z std", fmt(last["z_std"], 4)],
+            ["healthy z std 1/sqrt(d)", fmt(last["z_std_healthy"], 4)],
+            ["images/s (last epoch)", fmt(last["images_per_s"], 1)],
+            ["data wait fraction (last epoch)", fmt(last["data_wait_frac"], 3)],
+            ["skipped images (all epochs)", fmt(sum(r.get("skipped_images", 0) for r in records))],
+            ["kNN monitor top-1 (last)", fmt(knn[-1]["knn_top1"]) + f" (epoch {knn[-1]['epoch']})" if knn else NOT_RUN]]
+    return lines + table(["quantity", "value"], rows) + [""]
+
+
+def knn_settings(evals: dict) -> list[tuple]:
+    """The (k, T) pairs reported by any backbone, in first-seen order: each becomes one column."""
+    seen = []
+    for ev in evals.values():
+        for row in ((ev or {}).get("knn") or {}).get("knn", []):
+            if (row["k"], row["T"]) not in seen:
+                seen.append((row["k"], row["T"]))
+    return seen
+
+
+def classification_row(backbone: str, ev: dict | None, settings: list[tuple]) -> list[str]:
+    if ev is None:
+        return [backbone] + [NOT_RUN] * (len(settings) + 3)
+    knn_rows = {(r["k"], r["T"]): r for r in (ev.get("knn") or {}).get("knn", [])}
+    cells = [fmt(knn_rows[s]["top1"]) if s in knn_rows else NOT_RUN for s in settings]
+    fast = ev.get("fast_probe")
+    cells.append(fmt(fast["fast_probe"]["top1"]) if fast else NOT_RUN)
+    lin = ev.get("linear")
+    if lin:
+        last, best = lin["linear"]["last_epoch"], lin["linear"]["best_epoch"]
+        cells += [f"{fmt(last['top1'])} (epoch {last['epoch']})", f"{fmt(best['top1'])} (epoch {best['epoch']})"]
+    else:
+        cells += [NOT_RUN, NOT_RUN]
+    return [backbone] + cells
+
+
+def section_classification(evals: dict) -> list[str]:
+    lines = ["## Classification", ""]
+    if not any(evals.values()):
+        return lines + [f"Evaluation: {NOT_RUN} (no eval/<backbone>/ results).", ""]
+    settings = knn_settings(evals)
+    header = (["init"] + [f"kNN top-1 (k={k}, T={t:g})" for k, t in settings]
+              + ["fast probe top-1", "official probe top-1 (last)", "official probe top-1 (best, chosen on val)"])
+    lines += table(header, [classification_row(b, evals.get(b), settings) for b in BACKBONES])
+    # Every number carries its protocol: say which feature layer and data they came from.
+    for b in BACKBONES:
+        ev = evals.get(b)
+        if ev:
+            any_result = next(r for r in ev.values() if r)
+            p = any_result.get("protocol", {})
+            lines.append(f"\n- {b}: layer `{p.get('layer')}`, {p.get('num_train')} train / {p.get('num_val')} val "
+                         f"images, {p.get('num_classes')} classes, image size {p.get('image_size')}, "
+                         f"checkpoint `{(p.get('checkpoint') or {}).get('path')}`")
+    return lines + [""]
+
+
+def section_detection(dets: dict) -> list[str]:
+    lines = ["## Detection", ""]
+    rows = []
+    for job in JOBS:
+        for b in BACKBONES:
+            det = dets.get((job, b))
+            if det is None:
+                rows.append([job, b, "-"] + [NOT_RUN] * 4)
+                continue
+            for task, stats in det["summary"].items():
+                n = next(iter(stats.values()))["n"]
+                rows.append([job, b, TASK_NAMES.get(task, task)] + [mean_std_cell(stats.get(m)) for m in METRICS]
+                            + [str(n)])
+    lines += table(["job", "init", "task", "AP", "AP50", "AP75", "trials"], rows)
+    return lines + ["", "AP values are mean +- sample std over trials (detectron2's percent scale).", ""]
+
+
+def linear_reference(evals: dict, refs: dict, protocol: dict, epochs) -> list[str]:
+    block = refs["linear_top1"]
+    ev = evals.get("pretrained") or {}
+    # The paper's number is the official probe; the fast probe is only a proxy, so say which one was used.
+    if ev.get("linear"):
+        ours, which = ev["linear"]["linear"]["last_epoch"]["top1"], "official probe, last epoch"
+    elif ev.get("fast_probe"):
+        ours, which = ev["fast_probe"]["fast_probe"]["top1"], "fast probe (proxy of the official probe)"
+    else:
+        ours, which = None, NOT_RUN
+    # The data difference is shared by every row, so it is stated once; rows name only their epoch difference.
+    data_diffs = differences({"pretrain_dataset": protocol.get("dataset")},
+                             {"pretrain_dataset": block["protocol"]["pretrain_dataset"]})
+    lines = [f"### Linear top-1 ({block['source']})", "",
+             f"Ours (pretrained): {fmt(ours) if ours is not None else NOT_RUN} ({which}), "
+             f"{epochs if epochs is not None else 'unknown'} pretraining epochs.", "",
+             f"Data: {comparability_cell(data_diffs)}", ""]
+    rows = []
+    for method, by_epoch in block["rows"].items():
+        for ep, value in by_epoch.items():
+            epoch_diffs = differences({"pretrain_epochs": epochs}, {"pretrain_epochs": ep})
+            cell = comparability_cell(epoch_diffs) if not data_diffs else \
+                "**not comparable**" + (" (epochs differ)" if epoch_diffs else "")
+            rows.append([method, str(ep), fmt(value), fmt_delta(ours, value), cell, block["source"]])
+    return lines + table(["method", "epochs", "paper top-1", "ours - paper", "comparability", "source"], rows) + [""]
+
+
+def detection_reference(dets: dict, refs: dict, protocol: dict, epochs) -> list[str]:
+    lines = []
+    det_protocol = protocol.get("detection") or {}
+    for job in JOBS:
+        det = dets.get((job, "pretrained"))
+        job_protocol = det_protocol.get(job) or {}
+        benchmarks = DEFAULT_BENCHMARKS[job]
+        if job == "voc" and job_protocol.get("benchmark"):
+            benchmarks = [(job_protocol["benchmark"], "bbox")]
+        for bench, task in benchmarks:
+            block = refs["detection"][bench]
+            lines += [f"### {bench} ({block['source']}), our job `{job}`", ""]
+            if det is None or task not in det["summary"]:
+                lines += [f"Our {job} {TASK_NAMES[task]} result: {NOT_RUN}.", ""]
+                continue
+            ours = {m: det["summary"][task][m]["mean"] for m in METRICS}
+            run = {"pretrain_dataset": protocol.get("dataset"), "pretrain_epochs": epochs, "task": TASK_NAMES[task],
+                   "dataset": job_protocol.get("dataset", protocol.get("dataset")),
+                   "schedule": job_protocol.get("schedule")}
+            ref_protocol = {k: v for k, v in block["protocol"].items() if k != "model"}
+            flag = comparability_cell(differences(run, ref_protocol))
+            lines.append("Ours (pretrained, mean over trials): "
+                         + ", ".join(f"{m} {fmt(ours[m])}" for m in ("AP50", "AP", "AP75")) + ".")
+            lines += ["", f"Comparability: {flag}", ""]
+            rows = [[method] + [f"{fmt(v[m])} ({fmt_delta(ours[m], v[m])})" for m in ("AP50", "AP", "AP75")]
+                    + [block["source"]] for method, v in block["rows"].items()]
+            lines += table(["paper row", "AP50 (ours - paper)", "AP (ours - paper)", "AP75 (ours - paper)", "source"],
+                           rows) + [""]
+    return lines
+
+
+def section_reference(evals: dict, dets: dict, refs: dict, protocol: dict, epochs) -> list[str]:
+    lines = ["## Paper reference", "",
+             "Deltas are ours - paper. A row is flagged **not comparable** whenever the run's data or schedule "
+             "differs from the paper's, which is always the case for the embedded data set.", ""]
+    return lines + linear_reference(evals, refs, protocol, epochs) + detection_reference(dets, refs, protocol, epochs)
+
+
+# ----------------------------------------------------------------------------- plots
+
+
+def save_plot(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)  # many figures per report: free each one
+    return path
+
+
+def line_plot(out: Path, name: str, xs, series: dict, xlabel: str, ylabel: str, hline=None) -> Path:
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    for label, ys in series.items():
+        ax.plot(xs, ys, marker="o" if len(xs) < 30 else None, label=label)  # markers only while points are few
+    if hline is not None:
+        ax.axhline(hline[0], color="gray", linestyle="--", label=hline[1])
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=7)
+    return save_plot(fig, out / name)
+
+
+def pretrain_plots(out: Path, records: list[dict]) -> dict[str, Path | None]:
+    if not records:
+        return {k: None for k in ("pretraining loss", "learning rate", "z std", "kNN monitor")}
+    epochs = [r["epoch"] for r in records]
+    knn = [r for r in records if "knn_top1" in r]
+    return {
+        "pretraining loss": line_plot(out, "pretrain_loss.png", epochs, {"loss": [r["loss"] for r in records]},
+                                      "epoch", "loss (min -1)"),
+        "learning rate": line_plot(out, "pretrain_lr.png", epochs, {"lr": [r["lr"] for r in records]},
+                                   "epoch", "encoder lr"),
+        # The collapse signature is z std falling far below 1/sqrt(d), so draw that line.
+        "z std": line_plot(out, "pretrain_z_std.png", epochs, {"std of l2-normalised z": [r["z_std"] for r in records]},
+                           "epoch", "z std", hline=(records[-1]["z_std_healthy"], "1/sqrt(d)")),
+        "kNN monitor": line_plot(out, "pretrain_knn.png", [r["epoch"] for r in knn],
+                                 {"kNN top-1": [r["knn_top1"] for r in knn]}, "epoch", "top-1 (%)") if knn else None,
+    }
+
+
+def detection_plots(out: Path, dets: dict) -> dict[str, Path | None]:
+    curves = {f"{job}/{b}": det["loss"] for (job, b), det in dets.items() if det and det["loss"]}
+    loss_png = None
+    if curves:
+        fig, ax = plt.subplots(figsize=(5, 3.2))
+        for label, pts in curves.items():
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], label=label)
+        ax.set_xlabel("iteration")
+        ax.set_ylabel("total loss (trial 0)")
+        ax.legend(fontsize=7)
+        loss_png = save_plot(fig, out / "detection_loss.png")
+    bars = [(f"{job}/{b}/{TASK_NAMES.get(t, t)}", s["AP"]["mean"], s["AP"]["std"] or 0.0)
+            for (job, b), det in dets.items() if det for t, s in det["summary"].items()]
+    ap_png = None
+    if bars:
+        fig, ax = plt.subplots(figsize=(max(4, 1.1 * len(bars)), 3.2))
+        ax.bar(range(len(bars)), [b[1] for b in bars], yerr=[b[2] for b in bars], capsize=3)
+        ax.set_xticks(range(len(bars)), [b[0] for b in bars], rotation=30, ha="right", fontsize=7)
+        ax.set_ylabel("final AP (mean +- std)")
+        ap_png = save_plot(fig, out / "detection_ap.png")
+    return {"detection total loss": loss_png, "final AP": ap_png}
+
+
+def section_plots(plots: dict[str, Path | None]) -> list[str]:
+    lines = ["## Plots", ""]
+    for title, path in plots.items():
+        lines += [f"### {title}", "", f"![{title}]({path.name})" if path else f"{title}: {NOT_RUN}.", ""]
+    return lines
+
+
+# ----------------------------------------------------------------------------- entry points
+
+
+def write_report(run_dir: Path, protocol: dict, references: Path = REFERENCES) -> Path:
+    """Write run_dir/report/report.md and its PNG plots; return the report's path."""
+    run_dir = Path(run_dir)
+    out = run_dir / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    refs = load_references(references)
+    manifest = read_json(run_dir / "manifest.json")
+    pretrain_config = read_yaml(run_dir / "pretrain" / "config.yaml")
+    records = [r for r in read_jsonl(run_dir / "pretrain" / "metrics.jsonl") if "epoch" in r]
+    evals = {b: load_eval(run_dir, b) for b in BACKBONES}
+    dets = {(job, b): load_detection(run_dir, job, b) for job in JOBS for b in BACKBONES}
+    epochs = run_epochs(protocol, pretrain_config)
+    plots = {**pretrain_plots(out, records), **detection_plots(out, dets)}
+    lines = ["# SimSiam pipeline report", ""]
+    lines += section_summary(run_dir, manifest, pretrain_config, protocol)
+    lines += section_pretraining(records)
+    lines += section_classification(evals)
+    lines += section_detection(dets)
+    lines += section_reference(evals, dets, refs, protocol, epochs)
+    lines += section_plots(plots)
+    path = out / "report.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run_dir", type=Path)
+    parser.add_argument("--protocol", type=Path, help="JSON file with the run's protocol (default: manifest's)")
+    parser.add_argument("--dataset", help="pretraining data set of the run, e.g. embedded or imagenet")
+    return parser.parse_args(argv)
+
+
+def cli(argv=None) -> None:
+    args = parse_args(argv)
+    if args.protocol:
+        protocol = json.loads(args.protocol.read_text())
+    else:
+        protocol = dict((read_json(args.run_dir / "manifest.json") or {}).get("protocol") or {})
+    if args.dataset:
+        protocol["dataset"] = args.dataset
+    print(write_report(args.run_dir, protocol))
+
+
+if __name__ == "__main__":
+    cli()
