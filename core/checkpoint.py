@@ -15,6 +15,7 @@ import os
 import re
 import tempfile
 from pathlib import Path
+from typing import BinaryIO, Callable
 
 import torch
 
@@ -29,19 +30,24 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be used; the message names the file, the problem and the fix."""
 
 
-def save_atomic(obj, path: str | Path) -> None:
-    """torch.save to a temp file in the same dir, fsync, then rename: a crash never leaves half a file."""
+def write_atomic(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
+    """write(f) into a temp file in the same dir, fsync, then rename: a crash never leaves half a file."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def save_atomic(obj, path: str | Path) -> None:
+    """torch.save, atomically."""
+    write_atomic(path, lambda f: torch.save(obj, f))
 
 
 def epoch_checkpoints(out_dir: str | Path) -> list[Path]:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import random
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -49,9 +51,9 @@ def check_writable_dir(path: str | Path) -> Path:
     path = Path(path)
     try:
         path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".write_test"
-        probe.write_text("ok")
-        probe.unlink()
+        fd, probe = tempfile.mkstemp(prefix=".write_test.", dir=path)  # unique: every DDP rank probes
+        os.close(fd)
+        os.unlink(probe)
     except OSError as e:
         raise UserError(f"output dir {path} is not writable ({e.strerror}); choose another with out_dir=...") from None
     return path

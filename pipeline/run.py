@@ -130,8 +130,11 @@ class Pipeline:
         folder = self.data_root / "imagefolder"
         data = [f"data.train_dir={folder / 'train'}", f"monitor.knn_train_dir={folder / 'train'}",
                 f"monitor.knn_val_dir={folder / 'val'}"]
-        self._sh(sys.executable, "-m", "pretrain.train", "--config", self.cfg.pretrain.config, *data,
-                 *self.cfg.pretrain.overrides, f"out_dir={self.run_dir / 'pretrain'}", stage="pretrain")
+        n = self.cfg.pretrain.nproc_per_node
+        launcher = [sys.executable, "-m", "pretrain.train"] if n == 1 else \
+            ["bash", REPO / "pretrain/run.sh", "--standalone", "--nproc_per_node", n]
+        self._sh(*launcher, "--config", self.cfg.pretrain.config, *data, *self.cfg.pretrain.overrides,
+                 f"out_dir={self.run_dir / 'pretrain'}", stage="pretrain")
 
     def stage_eval(self) -> None:
         folder = self.data_root / "imagefolder"

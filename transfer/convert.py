@@ -19,16 +19,14 @@ the file loads without torch and cannot carry code beyond numpy's own reconstruc
 
 from __future__ import annotations
 
-import os
 import pickle
 import re
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from core.checkpoint import CheckpointError, load_backbone_state
+from core.checkpoint import CheckpointError, load_backbone_state, write_atomic
 
 ARCH = "resnet50"  # the C4 recipe is defined for ResNet-50 only
 _LAYER_RE = re.compile(r"^layer([1-4])$")
@@ -94,16 +92,7 @@ def write_d2_weights(model: dict[str, np.ndarray], path: str | Path, author: str
             raise TypeError(f"{k}: only numpy arrays go into the detectron2 file, got {type(v).__name__}")
     payload = {"model": model, "__author__": str(author), "matching_heuristics": True}
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            pickle.dump(payload, f, protocol=pickle.HIGHEST_PROTOCOL)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, lambda f: pickle.dump(payload, f, protocol=pickle.HIGHEST_PROTOCOL))
     return path
 
 
