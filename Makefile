@@ -10,8 +10,8 @@ $(STAMP): pyproject.toml transfer/install_detectron2.sh
 	rm -f $(VENV)/.installed-*
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1   # from the machine's local copy
-	PYTHON=$(PY) bash transfer/install_detectron2.sh
 	$(PY) -m pip install -q -e '.[dev]'
+	PYTHON=$(PY) bash transfer/install_detectron2.sh   # after fvcore & co, which it imports
 	touch $@
 
 test: setup

@@ -9,7 +9,7 @@
 set -euo pipefail
 PY=$(command -v "${PYTHON:-python}")
 case "$PY" in /*) ;; *) PY="$PWD/$PY" ;; esac  # absolute, but keep the venv symlink
-if "$PY" -c "import detectron2" 2>/dev/null; then exit 0; fi
+if "$PY" -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('detectron2') is None)"; then exit 0; fi
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 "$PY" -m pip install -q wheel
