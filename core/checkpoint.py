@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import tempfile
+import threading
+from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO, Callable
 
@@ -22,6 +25,7 @@ import torch
 from core.models import build_backbone
 
 RANDOM = "random"
+_DEFERRED_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2}
 _PREFIXES = (("module.encoder.", "simsiam"), ("module.encoder_q.", "moco"), ("encoder.", "simsiam"))
 _CKPT_RE = re.compile(r"checkpoint_(\d{4,})\.pth\.tar$")
 
@@ -30,19 +34,42 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be used; the message names the file, the problem and the fix."""
 
 
-def write_atomic(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
-    """write(f) into a temp file in the same dir, fsync, then rename: a crash never leaves half a file."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+@contextmanager
+def signals_deferred():
+    """Hold interrupt/preemption signals until the block ends, then deliver them in order.
+
+    A handler that exits (SLURM's requeue, Ctrl-C) must not fire inside torch.save, whose zip writer
+    then fails. Swapping the Python-level handlers also catches a signal that arrived just before
+    the block but whose handler had not run yet. Only the main thread can install handlers."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = {s: signal.signal(s, lambda signum, frame: caught.append(signum)) for s in _DEFERRED_SIGNALS}
     try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler if handler is not None else signal.SIG_DFL)
+        for s in caught:
+            signal.raise_signal(s)
+
+
+def write_atomic(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
+    """write(f) into a temp file in the same dir, fsync, then rename: a crash never leaves half a
+    file, and a preemption signal waits until the file is complete."""
+    path = Path(path)
+    with signals_deferred():
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                write(f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
 
 
 def save_atomic(obj, path: str | Path) -> None:

@@ -1,0 +1,82 @@
+"""Run any entry point of the project as a SLURM job through submitit, requeued on preemption.
+
+    python -m pipeline.slurm --partition learnfair --nodes 1 --gpus-per-node 8 --hours 72 \\
+        -- pretrain.train --config pretrain/configs/imagenet_100ep.yaml data.train_dir=/data/imagenet/train
+    python -m pipeline.slurm --partition learnfair --hours 24 -- pipeline.run --config pipeline/configs/paper_200ep.yaml
+
+Everything after `--` is `MODULE ARGS...`, run in the job as `python -m MODULE ARGS...`. One task
+per GPU: each task gets RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR / MASTER_PORT from SLURM, which
+is all `core.distributed.init_distributed` reads, so DDP needs no torchrun. On preemption or time-out
+SLURM signals the job; submitit requeues the same command, and because every stage resumes from
+the most advanced checkpoint in its output dir, re-running the command is the resume.
+`--local DIR` runs the job on this machine with submitit's local executor (for tests).
+"""
+
+from __future__ import annotations
+
+import argparse
+import runpy
+import sys
+
+import submitit
+
+
+class ResumableCommand(submitit.helpers.Checkpointable):
+    """`python -m MODULE ARGS` run in the job's own process. Checkpointable's default checkpoint()
+    resubmits the same command, which resumes from the stage's checkpoints."""
+
+    def __init__(self, module: str, args: list[str]):
+        self.module, self.args = module, list(args)
+
+    def __call__(self) -> None:
+        if submitit.JobEnvironment().num_tasks > 1:
+            submitit.helpers.TorchDistributedEnvironment().export()  # RANK, WORLD_SIZE, MASTER_* for DDP
+        sys.argv = [self.module, *self.args]
+        # In-process, not a subprocess: submitit's preemption handler then interrupts the stage itself
+        # (a child process would outlive the requeue). An entry point's exit 2 on bad input fails the job.
+        runpy.run_module(self.module, run_name="__main__", alter_sys=True)
+
+
+def executor(args: argparse.Namespace) -> submitit.Executor:
+    if args.local:
+        ex = submitit.LocalExecutor(folder=args.local)
+        ex.update_parameters(timeout_min=int(args.hours * 60))
+        return ex
+    ex = submitit.AutoExecutor(folder=args.log_dir, slurm_max_num_timeout=args.max_requeues)
+    ex.update_parameters(
+        name=args.name, nodes=args.nodes, gpus_per_node=args.gpus_per_node, tasks_per_node=args.gpus_per_node,
+        cpus_per_task=args.cpus_per_task, timeout_min=int(args.hours * 60), slurm_partition=args.partition,
+        slurm_signal_delay_s=120,  # time between the warning signal and the kill: enough to write a checkpoint
+    )
+    return ex
+
+
+def parse_args(argv=None) -> tuple[argparse.Namespace, str, list[str]]:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--" not in argv or argv.index("--") == len(argv) - 1:
+        raise SystemExit("usage: python -m pipeline.slurm [options] -- MODULE [ARGS...]  (see --help)")
+    split = argv.index("--")
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--partition", default="")
+    p.add_argument("--nodes", type=int, default=1)
+    p.add_argument("--gpus-per-node", type=int, default=8, help="also the tasks (processes) per node")
+    p.add_argument("--cpus-per-task", type=int, default=10)
+    p.add_argument("--hours", type=float, default=72.0, help="time limit of one allocation; requeued after it")
+    p.add_argument("--max-requeues", type=int, default=20, help="time-outs after which the job gives up")
+    p.add_argument("--name", default="simsiam")
+    p.add_argument("--log-dir", default="runs/slurm_logs")
+    p.add_argument("--local", default="", help="run here with submitit's local executor, logs in this dir")
+    args = p.parse_args(argv[:split])
+    module, *rest = argv[split + 1:]
+    return args, module, rest
+
+
+def main(argv=None) -> submitit.Job:
+    args, module, rest = parse_args(argv)
+    job = executor(args).submit(ResumableCommand(module, rest))
+    print(f"submitted job {job.job_id}: python -m {module} {' '.join(rest)}")
+    return job
+
+
+if __name__ == "__main__":
+    main()
