@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -34,6 +35,21 @@ def git_revision() -> str:
         return rev + ("-dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
+
+
+_SHA256: dict = {}  # (path, size, mtime) -> digest: a checkpoint is hashed once per process
+
+
+def file_sha256(path: str | Path) -> str:
+    st = os.stat(path)
+    memo = (str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+    if memo not in _SHA256:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 22), b""):
+                h.update(block)
+        _SHA256[memo] = h.hexdigest()
+    return _SHA256[memo]
 
 
 def rng_state() -> dict:

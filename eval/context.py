@@ -4,7 +4,6 @@ every result JSON carries."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -15,23 +14,10 @@ from core.checkpoint import RANDOM, load_backbone
 from core.config import Config, dump_config
 from core.distributed import init_distributed
 from core.models import ARCHS, feature_dim
-from core.runtime import UserError, check_writable_dir, git_revision, seed_everything
+from core.runtime import UserError, check_writable_dir, file_sha256, git_revision, seed_everything
 from eval.feature_cache import LAYER, SeededView, cached_features
 from pretrain.data import IMAGENET_MEAN, IMAGENET_STD, eval_transform, image_folder
 
-_SHA256 = {}  # (path, size, mtime_ns) -> digest: eval.all and repeated calls hash a checkpoint once
-
-
-def file_sha256(path: str | Path) -> str:
-    st = os.stat(path)
-    memo = (str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
-    if memo not in _SHA256:
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 22), b""):
-                h.update(block)
-        _SHA256[memo] = h.hexdigest()
-    return _SHA256[memo]
 
 
 def train_augmentation(size: int, min_scale: float) -> transforms.Compose:

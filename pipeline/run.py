@@ -24,19 +24,11 @@ from pathlib import Path
 
 from core.checkpoint import epoch_checkpoints
 from core.config import Config, dump_config, load_config
-from core.runtime import UserError, git_revision, run_cli
+from core.runtime import UserError, file_sha256, git_revision, run_cli
 
 REPO = Path(__file__).resolve().parent.parent
 STAGES = ("data", "pretrain", "eval", "voc", "coco", "report")
 PACKAGES = ("torch", "torchvision", "numpy", "sal-detectron2", "pycocotools", "faster-coco-eval", "scikit-learn")
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def dataset_fingerprint(root: Path) -> dict:
@@ -94,7 +86,7 @@ class Pipeline:
             "python": sys.version.split()[0],
             "packages": versions,
             "stages": stages,
-            "checkpoints": {str(p.relative_to(self.run_dir)): sha256(p) for p in checkpoints},
+            "checkpoints": {str(p.relative_to(self.run_dir)): file_sha256(p) for p in checkpoints},
             "datasets": [dataset_fingerprint(self.data_root)] if self.data_root.is_dir() else [],
         }
         tmp = self.run_dir / "manifest.json.tmp"
@@ -138,10 +130,11 @@ class Pipeline:
 
     def stage_eval(self) -> None:
         folder = self.data_root / "imagefolder"
+        arch = self.arch()
         for name, ckpt in self.backbones().items():
             for protocol in self.cfg.eval.protocols:
                 self._sh(sys.executable, "-m", f"eval.{protocol}", "--config", self.cfg.eval.config,
-                         "--checkpoint", ckpt, "--arch", self.arch(), "--train-dir", folder / "train",
+                         "--checkpoint", ckpt, "--arch", arch, "--train-dir", folder / "train",
                          "--val-dir", folder / "val", "--out-dir", self.run_dir / "eval" / name,
                          *self.cfg.eval.overrides, stage="eval")
 

@@ -58,23 +58,22 @@ def checkpoint_dict(model, optimizer, cfg, epoch: int, step_in_epoch: int, globa
     }
 
 
-def latest_checkpoint(out_dir: Path) -> Path | None:
-    """The most advanced checkpoint in out_dir by (epoch, step_in_epoch)."""
+def latest_checkpoint(out_dir: Path) -> tuple[Path, dict] | tuple[None, None]:
+    """The most advanced checkpoint in out_dir by (epoch, step_in_epoch), with its loaded contents."""
     candidates = epoch_checkpoints(out_dir)[-1:] + ([out_dir / LAST] if (out_dir / LAST).exists() else [])
-    best, best_pos = None, (-1, -1)
+    best, best_ck, best_pos = None, None, (-1, -1)
     for path in candidates:
         ck = read_checkpoint(path)
         pos = (ck["epoch"], ck.get("step_in_epoch", 0))
         if pos > best_pos:
-            best, best_pos = path, pos
-    return best
+            best, best_ck, best_pos = path, ck, pos
+    return best, best_ck
 
 
 def resume(model, optimizer, cfg, out_dir: Path) -> tuple[int, int, int, Path | None]:
-    path = latest_checkpoint(out_dir)
+    path, ck = latest_checkpoint(out_dir)  # read once: a ResNet-50 checkpoint is ~300 MB
     if path is None:
         return 0, 0, 0, None
-    ck = read_checkpoint(path)
     if ck["arch"] != cfg.arch:
         raise UserError(f"{path} holds a {ck['arch']} but the config asks for {cfg.arch}; use another out_dir")
     model.load_state_dict({k.removeprefix("module."): v for k, v in ck["state_dict"].items()})

@@ -15,7 +15,8 @@ import torch
 from core.checkpoint import read_checkpoint
 from core.config import load_config
 from core.embedded_data import EmbeddedDataConfig, generate
-from pipeline.run import STAGES, dataset_fingerprint, main, sha256
+from core.runtime import file_sha256
+from pipeline.run import STAGES, dataset_fingerprint, main
 from tests.conftest import REPO
 
 DATA = EmbeddedDataConfig(cls_train_per_class=4, cls_val_per_class=2, voc07_trainval=4, voc07_test=2,
@@ -71,7 +72,7 @@ def test_manifest_hashes_match_the_files(finished_run, data_root):
     manifest = json.loads((finished_run / "manifest.json").read_text())
     assert manifest["checkpoints"]
     for rel, digest in manifest["checkpoints"].items():
-        assert sha256(finished_run / rel) == digest
+        assert file_sha256(finished_run / rel) == digest
     assert manifest["datasets"][0]["sha256"] == dataset_fingerprint(Path(data_root))["sha256"]
     assert manifest["packages"]["torch"] and manifest["git_revision"]
 
