@@ -3,7 +3,7 @@ VENV  ?= .venv
 PY    := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml transfer/install_detectron2.sh | sha1sum | cut -c1-10)
 
-.PHONY: setup test demo bench clean
+.PHONY: setup test demo bench bench-quick clean
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml transfer/install_detectron2.sh
@@ -20,8 +20,11 @@ test: setup
 demo: setup
 	$(PY) -m pipeline.run --config pipeline/configs/demo.yaml
 
-bench: setup
+bench: setup   # every benchmark, the demo-chain and test-suite wall-time rows included
 	$(PY) -m bench.run_all
+
+bench-quick: setup   # the same table without the two wall-time rows
+	BENCH_QUICK=1 $(PY) -m bench.run_all
 
 clean:
 	rm -rf $(VENV) runs

@@ -2,8 +2,7 @@
 
 1. loop overhead: our training loop's compute throughput (images/s with the data-wait time taken
    out) against a bare forward/loss/backward/step loop of the same model and batch on tensors.
-2. data path: two-view samples/s of our dataset (official augmentation + per-sample seeding + decode)
-   against the official torchvision/PIL two-crop pipeline on the same JPEGs.
+(The data path, official vs data.backend=fast, is bench/bench_data.py.)
 
     python -m bench.bench_pretrain [--arch resnet18] [--steps 12]
 """
@@ -22,7 +21,6 @@ from bench.table import report
 from core.config import load_config
 from core.embedded_data import EmbeddedDataConfig, generate
 from core.models import SimSiam
-from pretrain.data import TwoViewDataset, image_folder, load_rgb, simsiam_augmentation
 from pretrain.loss import simsiam_loss
 from pretrain.schedule import scaled_lr
 from pretrain.train import build_optimizer, main
@@ -55,29 +53,6 @@ def loop_images_per_s(cfg, out_dir: Path) -> tuple[float, float]:
     return record["images_per_s"] / (1 - record["data_wait_frac"]), record["images_per_s"]
 
 
-def data_path_ratio(train_dir: Path, size: int, n: int = 400) -> float:
-    ours = TwoViewDataset(image_folder(train_dir), simsiam_augmentation(size), seed=0)
-    n = min(n, len(ours))
-    official = simsiam_augmentation(size)  # same op list; the official loader is PIL open + convert
-    paths = [p for p, _ in ours.base.samples[:n]]
-
-    def run_official():
-        for p in paths:
-            img = load_rgb(p)
-            official(img), official(img)
-
-    def run_ours():
-        for i in range(n):
-            ours[i]
-
-    rates = {}
-    for name, fn in (("official", run_official), ("ours", run_ours)):
-        start = time.perf_counter()
-        fn()
-        rates[name] = n / (time.perf_counter() - start)
-    return rates["ours"] / rates["official"]
-
-
 def run(arch: str = "resnet18", steps: int = 12) -> list[dict]:
     torch.set_num_threads(2)
     with tempfile.TemporaryDirectory() as tmp:
@@ -92,14 +67,11 @@ def run(arch: str = "resnet18", steps: int = 12) -> list[dict]:
         # one epoch of the 500 images = 15 steps at batch 32
         ours_compute, ours_total = loop_images_per_s(cfg, out)
         bare = bare_images_per_s(cfg, steps)
-        data_ratio = data_path_ratio(train_dir, cfg.data.crop_size)
     return [
         {"name": f"pretrain loop vs bare step ({arch}, batch {batch}, compute only)", "ratio": ours_compute / bare,
          "goal": ">= 0.95 (overhead <= 5%)", "ok": ours_compute / bare >= 0.95},
         {"name": "pretrain loop vs bare step, data wait included (info)", "ratio": ours_total / bare,
          "goal": "info", "ok": None},
-        {"name": "pretrain data path vs official torchvision/PIL (two-view samples/s)", "ratio": data_ratio,
-         "goal": ">= 0.9 (same path until issue 8)", "ok": data_ratio >= 0.9},
     ]
 
 

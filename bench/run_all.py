@@ -1,6 +1,8 @@
 """Run every benchmark of the project (bench/bench_*.py, each exposing run() -> rows) and print one table.
 
     python -m bench.run_all            # or: make bench
+    BENCH_QUICK=1 python -m bench.run_all      # or: make bench-quick; no demo-chain / test-suite wall times
+    BENCH_WALL_DRY=1 python -m bench.run_all   # those two rows on a tiny slice (checks their code path)
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ shapes against the architecture explicitly, and refuses partial or non-finite we
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import signal
@@ -55,21 +56,62 @@ def signals_deferred():
             signal.raise_signal(s)
 
 
+class _RecordingFile:
+    """The file handed to write(): keeps the OSError of a failed write. torch's zip writer swallows it
+    and reports only "unexpected pos ..." (a full disk would otherwise read as a torch bug)."""
+
+    def __init__(self, f: BinaryIO):
+        self.f, self.error = f, None
+
+    def write(self, data) -> int:
+        try:
+            return self.f.write(data)
+        except OSError as e:
+            self.error = self.error or e
+            raise
+
+    def flush(self) -> None:
+        self.f.flush()
+
+
 def write_atomic(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
     """write(f) into a temp file in the same dir, fsync, then rename: a crash never leaves half a
-    file, and a preemption signal waits until the file is complete."""
+    file, and a preemption signal waits until the file is complete. A failed write (disk full,
+    quota, read-only or vanished dir) removes the temp file and raises one CheckpointError; the
+    file at `path`, if any, is untouched."""
     path = Path(path)
+    tmp, out = None, None
     with signals_deferred():
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         try:
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
             with os.fdopen(fd, "wb") as f:
-                write(f)
+                out = _RecordingFile(f)
+                write(out)
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        except BaseException as e:
+            if tmp is not None:
+                Path(tmp).unlink(missing_ok=True)
+            cause = e if isinstance(e, OSError) else (out.error if out is not None else None)
+            if cause is None:
+                raise
+            code = errno.errorcode.get(cause.errno, "") if cause.errno else ""
+            raise CheckpointError(
+                f"cannot write {path}: {cause.strerror or cause}{f' ({code})' if code else ''}; nothing was "
+                "replaced, so the previous checkpoint there is intact. Free space or choose another out_dir, "
+                "then re-run to resume"
+            ) from None
+
+
+def remove_stale_temp_files(folder: str | Path, name_glob: str = "*") -> list[Path]:
+    """Delete the temp files write_atomic leaves when a process is killed (-9) mid-write.
+
+    They hold half a checkpoint that nothing will ever read; call at start-up, from one process."""
+    stale = sorted(Path(folder).glob(f".{name_glob}.*.tmp"))
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
 
 
 def save_atomic(obj, path: str | Path) -> None:

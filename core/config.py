@@ -99,6 +99,9 @@ def parse_overrides(items: Iterable[str]) -> dict:
         key, raw = item.split("=", 1)
         try:
             value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.constructor.ConstructorError as e:  # a tag such as !!python/object/apply: refused, not run
+            raise ConfigError(f"override {item!r} uses a YAML tag that safe loading refuses ({e.problem}); "
+                              "give a plain value") from None
         except yaml.YAMLError:
             value = raw
         node = tree

@@ -33,36 +33,63 @@ def feature_dim(backbone: nn.Module) -> int:
     return fc.in_features if isinstance(fc, nn.Linear) else fc[0].in_features
 
 
+# Table 3 of the paper: where the heads carry BN. "default" is the recipe.
+HEAD_BN = {  # name -> (hidden layers, projector output, predictor output)
+    "none": (False, False, False),
+    "hidden": (True, False, False),
+    "default": (True, True, False),
+    "all": (True, True, True),
+}
+# Table 1: the predictor h. learned (the recipe; its lr schedule is optim.fix_pred_lr), identity (no
+# predictor: p = z), fixed_random (kept at its random init, never updated).
+PREDICTORS = ("learned", "identity", "fixed_random")
+
+
+def _hidden_layer(width_in: int, width_out: int, bn: bool) -> list[nn.Module]:
+    # A linear followed by BN needs no bias (BN's shift replaces it); without BN it keeps one.
+    return [nn.Linear(width_in, width_out, bias=not bn), *([nn.BatchNorm1d(width_out)] if bn else []), nn.ReLU(inplace=True)]
+
+
 class SimSiam(nn.Module):
     """encoder f = backbone + projection MLP; predictor h. forward returns p1, p2, z1, z2.
 
-    proj_layers=3 is the ImageNet recipe; 2 the CIFAR one (the middle hidden layer removed).
+    proj_layers=3 is the ImageNet recipe; 2 the CIFAR one (the middle hidden layer removed). With the
+    defaults the layout and parameter names are the official code's; `head_bn` and `predictor` are
+    the ablations of Tables 3 and 1.
     """
 
-    def __init__(self, arch: str = "resnet50", dim: int = 2048, pred_dim: int = 512, proj_layers: int = 3):
+    def __init__(self, arch: str = "resnet50", dim: int = 2048, pred_dim: int = 512, proj_layers: int = 3,
+                 head_bn: str = "default", predictor: str = "learned"):
         super().__init__()
         if proj_layers not in (2, 3):
             raise ValueError(f"proj_layers must be 2 or 3, got {proj_layers}")
+        if head_bn not in HEAD_BN:
+            raise ValueError(f"head_bn must be one of {', '.join(HEAD_BN)}, got {head_bn!r}")
+        if predictor not in PREDICTORS:
+            raise ValueError(f"predictor must be one of {', '.join(PREDICTORS)}, got {predictor!r}")
+        hidden_bn, proj_out_bn, pred_out_bn = HEAD_BN[head_bn]
         # The backbone's own fc, created with num_classes=dim, becomes the projector's last linear.
         self.encoder = build_backbone(arch, num_classes=dim, zero_init_residual=True)
         prev_dim = self.encoder.fc.weight.shape[1]
         hidden = []
         for _ in range(proj_layers - 1):
-            hidden += [nn.Linear(prev_dim, prev_dim, bias=False), nn.BatchNorm1d(prev_dim), nn.ReLU(inplace=True)]
-        self.encoder.fc = nn.Sequential(
-            *hidden,
-            self.encoder.fc,
-            nn.BatchNorm1d(dim, affine=False),  # the projector's output BN has no affine parameters
-        )
-        # The bias before an affine-free BN is cancelled by the BN's mean subtraction: freeze it, as the
-        # official code does, so weight decay does not drift it either.
-        self.encoder.fc[-2].bias.requires_grad = False
-        self.predictor = nn.Sequential(
-            nn.Linear(dim, pred_dim, bias=False),
-            nn.BatchNorm1d(pred_dim),
-            nn.ReLU(inplace=True),  # hidden layer
-            nn.Linear(pred_dim, dim),  # output layer: no BN, no ReLU
-        )
+            hidden += _hidden_layer(prev_dim, prev_dim, hidden_bn)
+        out_bn = [nn.BatchNorm1d(dim, affine=False)] if proj_out_bn else []  # no affine parameters
+        self.encoder.fc = nn.Sequential(*hidden, self.encoder.fc, *out_bn)
+        if proj_out_bn:
+            # The bias before an affine-free BN is cancelled by the BN's mean subtraction: freeze it, as
+            # the official code does, so weight decay does not drift it either.
+            self.encoder.fc[-2].bias.requires_grad = False
+        if predictor == "identity":
+            self.predictor = nn.Identity()
+        else:
+            self.predictor = nn.Sequential(
+                *_hidden_layer(dim, pred_dim, hidden_bn),  # hidden layer
+                nn.Linear(pred_dim, dim),  # output layer: no ReLU; BN only in Table 3's unstable variant
+                *([nn.BatchNorm1d(dim, affine=False)] if pred_out_bn else []),
+            )
+            if predictor == "fixed_random":
+                self.predictor.requires_grad_(False)  # Table 1: fixed at random init (1.5%)
         self.dim = dim
 
     def forward(self, x1: torch.Tensor, x2: torch.Tensor):

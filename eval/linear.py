@@ -24,20 +24,20 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
-from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
-from core.checkpoint import load_backbone_state, read_checkpoint, save_atomic
+from core.checkpoint import load_backbone_state, read_checkpoint, remove_stale_temp_files, save_atomic
 from core.config import Config
 from core.distributed import all_reduce_mean, barrier
 from core.features import Pool5
 from core.knn import topk_accuracy
+from core.lars import LARS
+from core.preemption import PreemptionFlag
 from core.runtime import MetricsLogger, UserError
 from eval.cli import cli
 from eval.context import EvalContext, train_augmentation
 from eval.feature_cache import SeededView
-from eval.lars import LARS
-from pretrain.data import image_folder
+from pretrain.data import ResumableSampler, image_folder
 from pretrain.schedule import cosine_lr, scaled_lr, set_lr
 
 CHECKPOINT = "linear_probe.pth.tar"
@@ -122,9 +122,10 @@ def main(cfg: Config, ctx: EvalContext | None = None) -> dict:
     # Per-sample seeded augmentation (seed, epoch, index): the same crops whatever the worker count,
     # the number of processes or a resume, so DDP and single-process runs train on identical batches.
     train_set = SeededView(image_folder(cfg.data.train_dir), train_tf, cfg.seed, view=0)
-    sampler = DistributedSampler(train_set, num_replicas=dist.world_size, rank=dist.rank, shuffle=True,
-                                 seed=cfg.seed, drop_last=False)
-    loader = DataLoader(train_set, batch_size=lin.batch_size // dist.world_size, sampler=sampler,
+    # DistributedSampler's order (shuffled per epoch), able to skip the batches a preempted run did
+    sampler = ResumableSampler(train_set, dist.world_size, dist.rank, cfg.seed, drop_last=False)
+    per_rank_batch = lin.batch_size // dist.world_size
+    loader = DataLoader(train_set, batch_size=per_rank_batch, sampler=sampler,
                         num_workers=cfg.data.workers, pin_memory=dist.device.type == "cuda")
     model = FrozenBackboneClassifier(net)
     # Buffers are frozen and identical on every rank: broadcasting them each step would only cost time.
@@ -135,7 +136,10 @@ def main(cfg: Config, ctx: EvalContext | None = None) -> dict:
 
     ckpt_path = ctx.out_dir / CHECKPOINT
     run_key = _run_key(ctx)
-    start_epoch, history = 0, []
+    start_epoch, history, skip_steps, partial = 0, [], 0, (0.0, 0)
+    preempt = PreemptionFlag().install()  # SIGTERM/SIGUSR1: save after the current step, exit 75
+    if dist.is_main:  # half-written files of a probe killed (-9) while saving
+        remove_stale_temp_files(ctx.out_dir, CHECKPOINT)
     if ckpt_path.exists():
         saved = read_checkpoint(ckpt_path)
         if saved.get("run_key") != run_key:
@@ -144,8 +148,10 @@ def main(cfg: Config, ctx: EvalContext | None = None) -> dict:
         net.fc.load_state_dict(saved["fc"])
         optimizer.load_state_dict(saved["optimizer"])
         start_epoch, history = saved["epoch"], saved["history"]
+        skip_steps, partial = saved.get("step_in_epoch", 0), (saved.get("loss_sum", 0.0), saved.get("seen", 0))
         if dist.is_main:
-            print(f"linear: resumed from {ckpt_path} after epoch {start_epoch}")
+            print(f"linear: resumed from {ckpt_path} after epoch {start_epoch}"
+                  + (f" and {skip_steps} steps of the next" if skip_steps else ""))
     logger = MetricsLogger(ctx.out_dir, enabled=dist.is_main and start_epoch < lin.epochs)
     if dist.is_main:
         print(f"linear: {len(train_set)} train images, {lin.optimizer} lr {init_lr:g} (base {lin.base_lr:g} x "
@@ -154,12 +160,14 @@ def main(cfg: Config, ctx: EvalContext | None = None) -> dict:
     for epoch in range(start_epoch, lin.epochs):
         lr = cosine_lr(init_lr, epoch, lin.epochs)
         set_lr(optimizer, lr, init_lr)
-        sampler.set_epoch(epoch)
+        first_step = skip_steps if epoch == start_epoch else 0
+        sampler.set_epoch(epoch, skip=first_step * per_rank_batch)
         train_set.view = epoch
         net.eval()  # the whole model, always: BN statistics of the backbone must not move
-        loss_sum, seen, data_s = 0.0, 0, 0.0
+        (loss_sum, seen), data_s = partial if first_step else (0.0, 0), 0.0
         t_epoch = t_data = time.perf_counter()
-        for images, target in tqdm(loader, desc=f"linear epoch {epoch}", disable=not dist.is_main, leave=False):
+        bar = tqdm(loader, desc=f"linear epoch {epoch}", disable=not dist.is_main, leave=False)
+        for step, (images, target) in enumerate(bar, start=first_step):
             data_s += time.perf_counter() - t_data
             images, target = images.to(dist.device, non_blocking=True), target.to(dist.device, non_blocking=True)
             loss = F.cross_entropy(ddp(images), target)
@@ -170,6 +178,14 @@ def main(cfg: Config, ctx: EvalContext | None = None) -> dict:
             optimizer.step()
             loss_sum += loss.item() * images.shape[0]
             seen += images.shape[0]
+            if preempt.should_stop(dist.device):  # collective: all ranks stop after the same step
+                if dist.is_main:  # loss_sum/seen are rank 0's: a resumed DDP epoch logs an approximate loss
+                    save_atomic({"epoch": epoch, "step_in_epoch": step + 1, "loss_sum": loss_sum, "seen": seen,
+                                 "fc": net.fc.state_dict(), "optimizer": optimizer.state_dict(),
+                                 "history": history, "run_key": run_key}, ckpt_path)
+                barrier()
+                logger.close()
+                preempt.exit(f"linear: preempted at epoch {epoch} step {step + 1}; saved {ckpt_path}")
             t_data = time.perf_counter()
         elapsed = time.perf_counter() - t_epoch
         if epoch == start_epoch:  # the official sanity check, after the first epoch this process trained
@@ -190,6 +206,7 @@ def main(cfg: Config, ctx: EvalContext | None = None) -> dict:
                              "history": history, "run_key": run_key}, ckpt_path)
             barrier()
     logger.close()
+    preempt.restore()
 
     last = history[-1]
     best = max(history, key=lambda r: (r["val_top1"], r["epoch"]))

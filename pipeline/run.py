@@ -24,11 +24,19 @@ from pathlib import Path
 
 from core.checkpoint import epoch_checkpoints
 from core.config import Config, dump_config, load_config
+from core.preemption import REQUEUE_EXIT, Preempted, preemption_signals, wait_forwarding
 from core.runtime import UserError, file_sha256, git_revision, run_cli
 
 REPO = Path(__file__).resolve().parent.parent
 STAGES = ("data", "pretrain", "eval", "voc", "coco", "report")
 PACKAGES = ("torch", "torchvision", "numpy", "sal-detectron2", "pycocotools", "faster-coco-eval", "scikit-learn")
+
+
+def pretrain_command(nproc_per_node: int) -> list:
+    """The pretraining entry point: plain python for one process, the torchrun wrapper for several."""
+    if nproc_per_node == 1:
+        return [sys.executable, "-m", "pretrain.train"]
+    return ["bash", REPO / "pretrain/run.sh", "--standalone", "--nproc_per_node", nproc_per_node]
 
 
 def dataset_fingerprint(root: Path) -> dict:
@@ -66,7 +74,14 @@ class Pipeline:
     def _sh(self, *cmd, env: dict | None = None, stage: str) -> None:
         env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHON": sys.executable, **(env or {})}
         print(f"[pipeline:{stage}] $ {' '.join(str(c) for c in cmd)}", flush=True)
-        code = subprocess.run([str(c) for c in cmd], cwd=REPO, env=env).returncode
+        code = wait_forwarding(subprocess.Popen([str(c) for c in cmd], cwd=REPO, env=env))
+        # 75: the stage saved its state after SIGTERM/SIGUSR1. Stages without checkpoints of their own
+        # (kNN, fast probe, report) just die of the signal; they are redone on the re-run.
+        if code == REQUEUE_EXIT or -code in preemption_signals():  # pass the requeue code on
+            message = (f"[pipeline:{stage}] preempted; the stage saved its state. Re-run the same command to "
+                       f"resume (exit {REQUEUE_EXIT} = requeue)")
+            print(message, file=sys.stderr, flush=True)
+            raise Preempted(message)
         if code != 0:
             raise UserError(f"stage '{stage}' failed (exit {code}); its output is above. Fix the cause and "
                             f"re-run the same command: finished stages are skipped, this one resumes")
@@ -122,10 +137,7 @@ class Pipeline:
         folder = self.data_root / "imagefolder"
         data = [f"data.train_dir={folder / 'train'}", f"monitor.knn_train_dir={folder / 'train'}",
                 f"monitor.knn_val_dir={folder / 'val'}"]
-        n = self.cfg.pretrain.nproc_per_node
-        launcher = [sys.executable, "-m", "pretrain.train"] if n == 1 else \
-            ["bash", REPO / "pretrain/run.sh", "--standalone", "--nproc_per_node", n]
-        self._sh(*launcher, "--config", self.cfg.pretrain.config, *data, *self.cfg.pretrain.overrides,
+        self._sh(*pretrain_command(self.cfg.pretrain.nproc_per_node), "--config", self.cfg.pretrain.config, *data, *self.cfg.pretrain.overrides,
                  f"out_dir={self.run_dir / 'pretrain'}", stage="pretrain")
 
     def stage_eval(self) -> None:

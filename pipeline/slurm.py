@@ -7,7 +7,8 @@
 Everything after `--` is `MODULE ARGS...`, run in the job as `python -m MODULE ARGS...`. One task
 per GPU: each task gets RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR / MASTER_PORT from SLURM, which
 is all `core.distributed.init_distributed` reads, so DDP needs no torchrun. On preemption or time-out
-SLURM signals the job; submitit requeues the same command, and because every stage resumes from
+SLURM signals the job (USR2, 120 s ahead); the stage's loop finishes its step, saves and exits 75
+(core/preemption.py), then submitit requeues the same command, and because every stage resumes from
 the most advanced checkpoint in its output dir, re-running the command is the resume.
 `--local DIR` runs the job on this machine with submitit's local executor (for tests).
 """
@@ -15,10 +16,14 @@ the most advanced checkpoint in its output dir, re-running the command is the re
 from __future__ import annotations
 
 import argparse
+import os
 import runpy
+import signal
 import sys
 
 import submitit
+
+from core.preemption import REQUEUE_EXIT
 
 
 class ResumableCommand(submitit.helpers.Checkpointable):
@@ -32,9 +37,20 @@ class ResumableCommand(submitit.helpers.Checkpointable):
         if submitit.JobEnvironment().num_tasks > 1:
             submitit.helpers.TorchDistributedEnvironment().export()  # RANK, WORLD_SIZE, MASTER_* for DDP
         sys.argv = [self.module, *self.args]
-        # In-process, not a subprocess: submitit's preemption handler then interrupts the stage itself
-        # (a child process would outlive the requeue). An entry point's exit 2 on bad input fails the job.
-        runpy.run_module(self.module, run_name="__main__", alter_sys=True)
+        # submitit's preemption signal (USR2 unless $SUBMITIT_PREEMPT_SIGNAL) must not interrupt a
+        # training step: our loops take it over (core.preemption), save at the next step boundary and
+        # exit REQUEUE_EXIT; then submitit's own handler requeues the job. SIGTERM takes the same path.
+        sig = getattr(signal, "SIG" + submitit.JobEnvironment.USR_SIG.upper().removeprefix("SIG"))
+        requeue = signal.getsignal(sig)
+        os.environ["SIMSIAM_PREEMPT_SIGNALS"] = sig.name
+        try:
+            # In-process, not a subprocess: a child process would outlive the requeue. An entry point's
+            # exit 2 on bad input fails the job.
+            runpy.run_module(self.module, run_name="__main__", alter_sys=True)
+        except SystemExit as e:
+            if e.code == REQUEUE_EXIT and callable(requeue):
+                requeue(sig, None)  # submitit: log, resubmit this command, exit (rank 0; other ranks return)
+            raise
 
 
 def executor(args: argparse.Namespace) -> submitit.Executor:

@@ -8,6 +8,8 @@ uninterrupted run would have seen.
 
 from __future__ import annotations
 
+import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +18,7 @@ from PIL import Image, ImageFilter
 from torch.utils.data import Dataset, Sampler
 from torch.utils.data.distributed import DistributedSampler
 from torchvision import datasets, transforms
+from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from core.runtime import UserError
 
@@ -66,29 +69,70 @@ def eval_transform(size: int = 224) -> transforms.Compose:
 
 
 def load_rgb(path: str) -> Image.Image:
-    """Decode an image fully (truncated files fail here, not later) and convert CMYK/gray/RGBA to RGB."""
+    """Decode an image fully and convert it to RGB, or raise BadImageError naming the file.
+
+    * Truncated files fail here, not later in a worker (img.load() decodes every byte).
+    * The format is read from the content, not the name: a PNG or WebP saved as .jpg decodes as what
+      it is, as every other reader of these datasets (torchvision, PIL, OpenCV) does.
+    * CMYK, grayscale, palette and RGBA images are converted to RGB.
+    * An image above PIL's decompression-bomb limit (Image.MAX_IMAGE_PIXELS, 89.5 Mpx by default) is
+      refused: PIL only warns between 1x and 2x the limit, we make that an error too, because such a
+      file in a training set is a corrupt header or a hostile file, and decoding it can exhaust memory.
+      Raise Image.MAX_IMAGE_PIXELS in your own launcher if you really train on larger images.
+    """
     try:
-        with open(path, "rb") as f:
-            img = Image.open(f)
-            img.load()
-            return img.convert("RGB")
-    except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError...
+        if os.path.getsize(path) == 0:
+            raise BadImageError(f"image {path} is empty (0 bytes). Remove or replace the file, "
+                                "or set data.skip_bad_images=true to skip and count such files")
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with open(path, "rb") as f:
+                img = Image.open(f)
+                img.load()
+                return img.convert("RGB")
+    except BadImageError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise BadImageError(
+            f"image {path} is refused as a decompression bomb ({e}). Remove the file, or set "
+            "data.skip_bad_images=true to skip and count such files"
+        ) from None
+    except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, UnidentifiedImageError...
         raise BadImageError(
             f"cannot decode image {path} ({type(e).__name__}: {e}). Remove or replace the file, "
             "or set data.skip_bad_images=true to skip and count such files"
         ) from None
 
 
+def is_image_file(path: str) -> bool:
+    """What the dataset reads: image extensions only, hidden files excluded. Stray files (README.txt,
+    .DS_Store, labels.csv) and macOS '._name.jpg' resource forks, which carry an image extension but
+    hold no image, are ignored rather than failing the run."""
+    name = os.path.basename(path)
+    return not name.startswith(".") and name.lower().endswith(IMG_EXTENSIONS)
+
+
 def image_folder(root: str | Path, transform=None, skip_bad: bool = False) -> datasets.ImageFolder:
-    """torchvision ImageFolder over `root/<class>/*.jpg`, with one clear message for a wrong layout."""
+    """torchvision ImageFolder over `root/<class>/*.jpg`, with one clear message for a wrong layout.
+
+    A class folder without images is an error that names it: ImageFolder would otherwise either fail
+    with a list of every empty class or, told to allow it, give that class a label no sample carries
+    (and a classifier one output too many)."""
     root = Path(root)
     layout = f"expected {root}/<class_name>/<image>.jpg (one sub-folder per class)"
     if not root.is_dir():
         raise UserError(f"dataset dir {root} does not exist; {layout}")
-    try:
-        ds = datasets.ImageFolder(str(root), transform=transform, loader=_skipping_loader if skip_bad else load_rgb)
-    except FileNotFoundError as e:
-        raise UserError(f"dataset dir {root} has no usable images ({e}); {layout}") from None
+    classes = sorted(e.name for e in os.scandir(root) if e.is_dir())
+    if not classes:
+        raise UserError(f"dataset dir {root} has no usable images (no class sub-folders); {layout}")
+    empty = [c for c in classes if not any(is_image_file(os.path.join(dp, n)) for dp, _, ns in
+                                           os.walk(root / c, followlinks=True) for n in ns)]
+    if empty:
+        shown = ", ".join(str(root / c) for c in empty[:3]) + (f" and {len(empty) - 3} more" if len(empty) > 3 else "")
+        raise UserError(f"dataset dir {root} has no usable images in class folder(s) {shown} "
+                        f"(extensions {', '.join(IMG_EXTENSIONS)}); add images or remove the folder; {layout}")
+    ds = datasets.ImageFolder(str(root), transform=transform, loader=_skipping_loader if skip_bad else load_rgb,
+                              is_valid_file=is_image_file)
     return ds
 
 
@@ -114,11 +158,21 @@ def _skipping_loader(path: str):
         return None  # counted and dropped by collate_skipping
 
 
-class TwoViewDataset(Dataset):
-    """Two independent draws of the augmentation per image, seeded by (seed, epoch, index)."""
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """The seed of one sample's augmentation draws (every data backend uses this one rule)."""
+    return int(np.random.SeedSequence([seed, epoch, index]).generate_state(1)[0])
 
-    def __init__(self, base: datasets.ImageFolder, transform, seed: int):
-        self.base, self.transform, self.seed, self.epoch = base, transform, seed, 0
+
+class TwoViewDataset(Dataset):
+    """Independent draws of the augmentation per image, seeded by (seed, epoch, index).
+
+    An item is (views, index): `views` holds 2 * pairs tensors, pair j being views (2j, 2j+1); pairs=2
+    is the "asymmetric, 2x sampling" ablation. The index lets per-image state (the moving-average
+    targets of section 5) follow the sample whatever the worker or rank.
+    """
+
+    def __init__(self, base: datasets.ImageFolder, transform, seed: int, pairs: int = 1):
+        self.base, self.transform, self.seed, self.epoch, self.pairs = base, transform, seed, 0, pairs
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -133,26 +187,29 @@ class TwoViewDataset(Dataset):
             return None
         # Only the CPU generator drives the transforms; torch.manual_seed would also reseed every
         # CUDA device (~100 us a call, 10% of a small image's augmentation).
-        torch.default_generator.manual_seed(int(np.random.SeedSequence([self.seed, self.epoch, index]).generate_state(1)[0]))
-        return self.transform(img), self.transform(img)
+        torch.default_generator.manual_seed(sample_seed(self.seed, self.epoch, index))
+        return tuple(self.transform(img) for _ in range(2 * self.pairs)), index
 
 
 def collate_skipping(batch):
-    """Stack the views of the decodable samples; also return how many samples were skipped."""
+    """(x1, x2, skipped, index) from the decodable samples: x1/x2 stack the first/second view of each
+    pair, pair after pair (B * pairs rows); index holds the B dataset indices; skipped counts the rest."""
     good = [b for b in batch if b is not None]
     if not good:
-        return None, None, len(batch)
-    x1 = torch.stack([b[0] for b in good])
-    x2 = torch.stack([b[1] for b in good])
-    return x1, x2, len(batch) - len(good)
+        return None, None, len(batch), None
+    pairs = len(good[0][0]) // 2
+    x1 = torch.cat([torch.stack([views[2 * j] for views, _ in good]) for j in range(pairs)])
+    x2 = torch.cat([torch.stack([views[2 * j + 1] for views, _ in good]) for j in range(pairs)])
+    index = torch.tensor([i for _, i in good])
+    return x1, x2, len(batch) - len(good), index
 
 
 class ResumableSampler(Sampler):
     """DistributedSampler (shuffled per epoch via set_epoch) that can skip the samples already consumed."""
 
-    def __init__(self, dataset, num_replicas: int, rank: int, seed: int):
+    def __init__(self, dataset, num_replicas: int, rank: int, seed: int, drop_last: bool = True):
         self.inner = DistributedSampler(dataset, num_replicas=num_replicas, rank=rank, shuffle=True,
-                                        seed=seed, drop_last=True)
+                                        seed=seed, drop_last=drop_last)
         self.skip = 0
 
     def set_epoch(self, epoch: int, skip: int = 0) -> None:

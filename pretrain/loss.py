@@ -1,9 +1,11 @@
-"""The SimSiam loss, a pure function with the stop-gradient inside."""
+"""The SimSiam loss terms, pure functions with the stop-gradient inside."""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+SIMILARITIES = ("cosine", "cross_entropy")
 
 
 def negative_cosine(p: torch.Tensor, z: torch.Tensor, stop_gradient: bool = True) -> torch.Tensor:
@@ -11,6 +13,21 @@ def negative_cosine(p: torch.Tensor, z: torch.Tensor, stop_gradient: bool = True
     if stop_gradient:
         z = z.detach()  # the paper's key ingredient: z is a constant target for this term
     return -F.cosine_similarity(p, z, dim=-1).mean()
+
+
+def cross_entropy_similarity(p: torch.Tensor, z: torch.Tensor, stop_gradient: bool = True) -> torch.Tensor:
+    """The paper's cross-entropy ablation (section 4.5): D(p, z) = -softmax(stopgrad(z)) . log_softmax(p),
+    softmax over channels, averaged over the batch (63.2% vs cosine's 68.1%)."""
+    if stop_gradient:
+        z = z.detach()
+    return -(F.softmax(z, dim=-1) * F.log_softmax(p, dim=-1)).sum(dim=-1).mean()
+
+
+def distance(similarity: str):
+    """The D(p, z) of config key loss.similarity."""
+    if similarity not in SIMILARITIES:
+        raise ValueError(f"loss.similarity must be one of {', '.join(SIMILARITIES)}, got {similarity!r}")
+    return negative_cosine if similarity == "cosine" else cross_entropy_similarity
 
 
 def simsiam_loss(p1, p2, z1, z2, stop_gradient: bool = True) -> torch.Tensor:

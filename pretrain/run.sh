@@ -36,4 +36,31 @@ while [ $# -gt 0 ]; do
             train+=("$1"); shift ;;
     esac
 done
-exec "$PY" -m torch.distributed.run "${launcher[@]}" -m pretrain.train "${train[@]}"
+
+# Preemption (see README "Reliability"): SIGTERM or SIGUSR1 reaching this script is passed to the
+# torchrun agent as SIGTERM; the agent forwards it to the workers, which save checkpoint_last and exit
+# 75, and the agent shuts down (a SIGTERM is not a failure it restarts). The agent ignores a direct SIGUSR1 (SLURM
+# signals every process of the step): its default action would kill it and orphan the workers.
+# torchrun reports any worker exit as 1, so the workers leave a note in $SIMSIAM_PREEMPTED_FILE and
+# this script exits 75 when one exists: the code a requeueing launcher checks.
+# Restarts (--max_restarts): with the rendezvous store shared with the workers (torch's default),
+# restarted workers can read the previous attempt's peer addresses and fail to connect
+# (pytorch/pytorch#135712; reproduced here with gloo). A store of their own per attempt avoids it.
+export TORCH_DISABLE_SHARE_RDZV_TCP_STORE=${TORCH_DISABLE_SHARE_RDZV_TCP_STORE:-1}
+note=$(mktemp "${TMPDIR:-/tmp}/simsiam_preempted.XXXXXX")
+rm -f "$note"
+export SIMSIAM_PREEMPTED_FILE="$note"
+trap '' USR1
+"$PY" -m torch.distributed.run "${launcher[@]}" -m pretrain.train "${train[@]}" &
+agent=$!
+trap 'kill -TERM "$agent" 2>/dev/null || true' TERM INT USR1
+status=0
+while :; do
+    wait "$agent" && status=0 || status=$?
+    kill -0 "$agent" 2>/dev/null || break  # wait returns early when a trapped signal arrives
+done
+preempted=0
+if [ -e "$note" ]; then preempted=1; rm -f "$note"; fi
+# a worker saved after a signal (and torchrun did not restart it into a run that then finished)
+if [ "$preempted" -eq 1 ] && [ "$status" -ne 0 ]; then exit 75; fi
+exit "$status"

@@ -15,16 +15,27 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from core.checkpoint import epoch_checkpoints, read_checkpoint, save_atomic
+from core.checkpoint import epoch_checkpoints, read_checkpoint, remove_stale_temp_files, save_atomic
 from core.config import Config, dump_config, load_config
 from core.distributed import all_reduce_mean, barrier, convert_sync_batchnorm, init_distributed
 from core.features import extract_features
 from core.knn import knn_accuracy
+from core.lars import LARS
 from core.models import SimSiam
+from core.preemption import PreemptionFlag
 from core.runtime import MetricsLogger, UserError, check_writable_dir, git_revision, rng_state, run_cli, seed_everything
-from pretrain.data import (ResumableSampler, TwoViewDataset, collate_skipping, drop_undecodable, eval_transform,
-                           image_folder, simsiam_augmentation)
-from pretrain.loss import output_std, simsiam_loss
+from pretrain.data import (
+    ResumableSampler,
+    TwoViewDataset,
+    collate_skipping,
+    drop_undecodable,
+    eval_transform,
+    image_folder,
+    simsiam_augmentation,
+)
+from pretrain.fast_data import fast_two_view_data
+from pretrain.loss import output_std
+from pretrain.objective import Objective, check_switches, view_pairs
 from pretrain.schedule import cosine_lr, scaled_lr, set_lr
 
 LAST = "checkpoint_last.pth.tar"  # mid-epoch checkpoint (save_every_steps, stop_after_steps)
@@ -34,16 +45,28 @@ class TrainingStopped(UserError):
     """The run stopped on purpose: non-finite loss or collapse alarm."""
 
 
-def build_optimizer(model: SimSiam, cfg: Config, init_lr: float) -> torch.optim.SGD:
-    """SGD on all parameters (BN and biases included) with weight decay; the predictor may keep a fixed lr."""
+def build_model(cfg: Config) -> SimSiam:
+    m = cfg.model
+    return SimSiam(cfg.arch, m.dim, m.pred_dim, m.proj_layers, head_bn=m.head_bn, predictor=m.predictor)
+
+
+def build_optimizer(model: SimSiam, cfg: Config, init_lr: float) -> torch.optim.Optimizer:
+    """SGD (or LARS, Table 2's large batches) on all parameters, BN and biases included, with weight
+    decay, as the official code groups them; the predictor may keep a fixed lr. Frozen parameters (the
+    bias before the affine-free BN, a fixed predictor) never get a gradient, so neither the step nor
+    the decay moves them."""
     groups = [
         {"params": list(model.encoder.parameters()), "fix_lr": False},
         {"params": list(model.predictor.parameters()), "fix_lr": cfg.optim.fix_pred_lr},
     ]
-    return torch.optim.SGD(groups, lr=init_lr, momentum=cfg.optim.momentum, weight_decay=cfg.optim.weight_decay)
+    groups = [g for g in groups if g["params"]]  # the identity predictor has no parameters
+    o = cfg.optim
+    if o.optimizer == "lars":
+        return LARS(groups, lr=init_lr, momentum=o.momentum, weight_decay=o.weight_decay, trust_coefficient=o.lars_trust)
+    return torch.optim.SGD(groups, lr=init_lr, momentum=o.momentum, weight_decay=o.weight_decay)
 
 
-def checkpoint_dict(model, optimizer, cfg, epoch: int, step_in_epoch: int, global_step: int) -> dict:
+def checkpoint_dict(model, optimizer, objective, cfg, epoch: int, step_in_epoch: int, global_step: int) -> dict:
     """The official format (epoch, arch, state_dict with `module.` keys, optimizer) plus our extras."""
     return {
         "epoch": epoch,  # epochs completed
@@ -55,6 +78,7 @@ def checkpoint_dict(model, optimizer, cfg, epoch: int, step_in_epoch: int, globa
         "config": cfg.to_dict(),
         "git_revision": git_revision(),
         "rng": rng_state(),
+        "objective": objective.state_dict(),  # the k-step copy or moving-average bank of the ablations
     }
 
 
@@ -70,14 +94,16 @@ def latest_checkpoint(out_dir: Path) -> tuple[Path, dict] | tuple[None, None]:
     return best, best_ck
 
 
-def resume(model, optimizer, cfg, out_dir: Path) -> tuple[int, int, int, Path | None]:
+def resume(model, optimizer, objective, cfg, out_dir: Path) -> tuple[int, int, int, Path | None]:
     path, ck = latest_checkpoint(out_dir)  # read once: a ResNet-50 checkpoint is ~300 MB
     if path is None:
+        objective.load_state_dict({})
         return 0, 0, 0, None
     if ck["arch"] != cfg.arch:
         raise UserError(f"{path} holds a {ck['arch']} but the config asks for {cfg.arch}; use another out_dir")
     model.load_state_dict({k.removeprefix("module."): v for k, v in ck["state_dict"].items()})
     optimizer.load_state_dict(ck["optimizer"])
+    objective.load_state_dict(ck.get("objective", {}))
     return ck["epoch"], ck.get("step_in_epoch", 0), ck.get("global_step", 0), path
 
 
@@ -103,8 +129,13 @@ def knn_monitor(model: SimSiam, cfg: Config, dist, sets) -> float:
 
 
 def main(cfg: Config) -> Path:
+    check_switches(cfg)  # a misspelt ablation variant fails before any work
     dist = init_distributed(cfg.device)
     out_dir = check_writable_dir(cfg.out_dir)
+    preempt = PreemptionFlag().install()  # SIGTERM/SIGUSR1: save at the next step boundary, exit 75
+    if dist.is_main:  # half-written temp files of a run killed (-9) mid-save: never read, only in the way
+        for stale in remove_stale_temp_files(out_dir, "checkpoint_*"):
+            print(f"pretrain: removed {stale.name}, left by a run killed while saving")
     seed_everything(cfg.seed)
     ws = dist.world_size
     if cfg.optim.batch_size % ws:
@@ -112,15 +143,23 @@ def main(cfg: Config) -> Path:
     per_rank_batch = cfg.optim.batch_size // ws
 
     base = image_folder(cfg.data.train_dir, skip_bad=cfg.data.skip_bad_images)
-    dataset = TwoViewDataset(base, simsiam_augmentation(cfg.data.crop_size, cfg.data.min_scale, cfg.data.blur), cfg.seed)
+    collate, augment = collate_skipping, None  # augment: the fast backend's device-side photometric ops
+    if cfg.data.backend == "official":
+        dataset = TwoViewDataset(base, simsiam_augmentation(cfg.data.crop_size, cfg.data.min_scale, cfg.data.blur),
+                                 cfg.seed, pairs=view_pairs(cfg))
+    else:
+        dataset, collate, augment = fast_two_view_data(base, cfg, dist.device, pairs=view_pairs(cfg))
     sampler = ResumableSampler(dataset, ws, dist.rank, cfg.seed)
     steps_per_epoch = len(sampler) // per_rank_batch
     if steps_per_epoch == 0:
         raise UserError(f"{len(base)} training images give no full batch of {cfg.optim.batch_size}; lower optim.batch_size")
     loader = DataLoader(dataset, batch_size=per_rank_batch, sampler=sampler, num_workers=cfg.data.workers,
-                        collate_fn=collate_skipping, pin_memory=dist.device.type == "cuda", drop_last=True)
+                        collate_fn=collate, pin_memory=dist.device.type == "cuda", drop_last=True)
+    if cfg.data.backend == "dali":  # decode + crop on the GPU; same batches, same interface
+        from pretrain.dali_data import DaliLoader
+        loader = DaliLoader(dataset, sampler, per_rank_batch, dist.device, cfg.data.workers)
 
-    model = SimSiam(cfg.arch, cfg.model.dim, cfg.model.pred_dim, cfg.model.proj_layers)
+    model = build_model(cfg)
     if ws > 1 and cfg.train.sync_bn:
         model = convert_sync_batchnorm(model)
     model = model.to(dist.device)
@@ -128,7 +167,8 @@ def main(cfg: Config) -> Path:
     model = model.to(memory_format=memory_format)
     init_lr = scaled_lr(cfg.optim.base_lr, cfg.optim.batch_size)
     optimizer = build_optimizer(model, cfg, init_lr)
-    start_epoch, skip_steps, global_step, resumed_from = resume(model, optimizer, cfg, out_dir)
+    objective = Objective(cfg, model, len(base), steps_per_epoch)
+    start_epoch, skip_steps, global_step, resumed_from = resume(model, optimizer, objective, cfg, out_dir)
     net = DistributedDataParallel(model, device_ids=[dist.device.index] if dist.device.type == "cuda" else None) if ws > 1 else model
 
     amp_dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.train.amp]
@@ -147,7 +187,7 @@ def main(cfg: Config) -> Path:
     def save(path: Path, epoch: int, step_in_epoch: int) -> None:
         nonlocal last_good
         if dist.is_main:
-            save_atomic(checkpoint_dict(model, optimizer, cfg, epoch, step_in_epoch, global_step), path)
+            save_atomic(checkpoint_dict(model, optimizer, objective, cfg, epoch, step_in_epoch, global_step), path)
         last_good = path
         barrier()
 
@@ -161,16 +201,20 @@ def main(cfg: Config) -> Path:
         sums = {"loss": 0.0, "z_std": 0.0, "n": 0, "skipped": 0, "data_s": 0.0}
         t_epoch = t_data = time.perf_counter()
         bar = tqdm(loader, desc=f"epoch {epoch}", disable=not dist.is_main, leave=False)
-        for step, (x1, x2, skipped) in enumerate(bar, start=first_step):
+        for step, (x1, x2, skipped, index) in enumerate(bar, start=first_step):
             sums["data_s"] += time.perf_counter() - t_data
             sums["skipped"] += skipped
-            if x1 is None:
+            if x1 is None:  # every image of this batch failed to decode (data.skip_bad_images)
+                if ws > 1:  # skipping alone would leave the other ranks waiting in their collectives
+                    raise TrainingStopped(f"every image of a batch on rank {dist.rank} failed to decode (epoch {epoch}, "
+                                          f"step {step}); remove the bad files (metrics count them) and re-run: it resumes")
                 continue
             x1 = x1.to(dist.device, non_blocking=True, memory_format=memory_format)
             x2 = x2.to(dist.device, non_blocking=True, memory_format=memory_format)
+            if augment is not None:
+                x1, x2 = augment(x1, memory_format), augment(x2, memory_format)
             with torch.autocast(dist.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-                p1, p2, z1, z2 = net(x1, x2)
-                loss = simsiam_loss(p1, p2, z1, z2, cfg.model.stop_gradient)
+                loss, z1, _ = objective(net, x1, x2, index, global_step)
             if not torch.isfinite(loss):
                 where = f"{last_good}" if last_good else "none yet"
                 raise TrainingStopped(f"loss is {loss.item()} at epoch {epoch} step {step}; stopped. "
@@ -189,9 +233,15 @@ def main(cfg: Config) -> Path:
                 if dist.is_main:
                     print(f"pretrain: stopped after {global_step} steps as asked (train.stop_after_steps)")
                 logger.close()
+                preempt.restore()
                 return out_dir / LAST
             if cfg.train.save_every_steps and global_step % cfg.train.save_every_steps == 0:
                 save(out_dir / LAST, epoch, step + 1)
+            if preempt.should_stop(dist.device):  # collective: every rank stops at this same step
+                if not (cfg.train.save_every_steps and global_step % cfg.train.save_every_steps == 0):
+                    save(out_dir / LAST, epoch, step + 1)
+                logger.close()
+                preempt.exit(f"pretrain: preempted at epoch {epoch} step {step + 1}; saved {out_dir / LAST}")
             t_data = time.perf_counter()
         elapsed = time.perf_counter() - t_epoch
         n = max(sums["n"], 1)
@@ -222,6 +272,10 @@ def main(cfg: Config) -> Path:
                     "and the lr (monitor.collapse_patience=0 disables the alarm)")
         else:
             low_std_epochs = 0
+        if preempt.should_stop(dist.device):  # e.g. during the kNN monitor: the epoch checkpoint is written
+            logger.close()
+            preempt.exit(f"pretrain: preempted after epoch {epoch + 1}; saved {out_dir / f'checkpoint_{epoch + 1:04d}.pth.tar'}")
+    preempt.restore()
     logger.close()
     if dist.is_main:
         (out_dir / "done").write_text(f"epochs {cfg.optim.epochs}\n")

@@ -40,6 +40,15 @@ def tiny_folder(tmp_path) -> Path:
     return write_image_folder(tmp_path / "images")
 
 
+@pytest.fixture(scope="session")
+def embedded_imagefolder(tmp_path_factory) -> Path:
+    """The embedded generator's classification split (imagefolder/{train,val}: 10 classes, 50 + 20 each)."""
+    from core.embedded_data import EmbeddedDataConfig, generate
+
+    cfg = EmbeddedDataConfig(voc07_trainval=2, voc07_test=2, voc12_trainval=2, coco_train=1, coco_val=1)
+    return generate(tmp_path_factory.mktemp("embedded"), cfg) / "imagefolder"
+
+
 def tiny_overrides(out_dir: Path, train_dir: Path, **extra) -> list[str]:
     """A CPU-fast run of the real loop: ResNet-18, 32 px views, batch 8, small heads, no kNN monitor."""
     items = {

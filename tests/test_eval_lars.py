@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from eval.lars import EPS, LARS, trust_ratio
+from core.lars import EPS, LARS, trust_ratio
 
 
 def test_trust_ratio_by_hand():

@@ -48,6 +48,9 @@ def test_preempted_job_is_requeued_and_resumes(tmp_path, tiny_folder):
     job.result()  # raises if the job failed; returns once the requeued run has finished
     log = "\n".join(p.read_text() for p in (tmp_path / "logs").glob("*_log.*"))
     assert "this job is preempted" in log and "Requeued job" in log and "resumed from checkpoint_" in log
+    # USR2 went through core.preemption: the step finished, checkpoint_last was saved, then submitit requeued
+    # (at a step, or at the epoch end when the signal lands after the epoch's last step)
+    assert "pretrain: preempted " in log and "got SIGUSR2" in log
     a = read_checkpoint(straight / "checkpoint_0006.pth.tar")["state_dict"]
     b = read_checkpoint(out / "checkpoint_0006.pth.tar")["state_dict"]
     assert all(torch.equal(v, b[k]) for k, v in a.items())

@@ -5,9 +5,9 @@ import json
 import pytest
 import torch
 
-import pretrain.train as train_mod
 from core.checkpoint import read_checkpoint
 from core.runtime import UserError
+from pretrain.objective import Objective
 from pretrain.train import TrainingStopped, cli, main
 from tests.conftest import tiny_config, tiny_overrides
 
@@ -69,15 +69,15 @@ def test_corrupt_jpeg_skipped_and_counted(tmp_path, tiny_folder):
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, tiny_folder, monkeypatch):
     out = tmp_path / "out"
-    real_loss = train_mod.simsiam_loss
+    real_objective = Objective.__call__
     calls = {"n": 0}
 
     def loss_that_diverges(*args, **kwargs):
         calls["n"] += 1
-        loss = real_loss(*args, **kwargs)
-        return loss * float("nan") if calls["n"] == 6 else loss
+        loss, *rest = real_objective(*args, **kwargs)
+        return (loss * float("nan") if calls["n"] == 6 else loss, *rest)
 
-    monkeypatch.setattr(train_mod, "simsiam_loss", loss_that_diverges)
+    monkeypatch.setattr(Objective, "__call__", loss_that_diverges)
     with pytest.raises(TrainingStopped) as exc:
         main(tiny_config(out, tiny_folder))
     msg = str(exc.value)

@@ -96,9 +96,39 @@ def write_d2_weights(model: dict[str, np.ndarray], path: str | Path, author: str
     return path
 
 
+# The only globals a weight file of numpy arrays needs (protocol 2 and protocol 5 pickles, numpy 1.x
+# and 2.x module names). pickle.load, which detectron2's DetectionCheckpointer uses for .pkl, would
+# import and call anything the file names: os.system included.
+_PICKLE_ALLOWED = {
+    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+    ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+    ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"), ("collections", "OrderedDict"),
+}
+
+
+class _ArraysOnlyUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str):
+        if (module, name) in _PICKLE_ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"it names {module}.{name}, which a file of numpy weights never needs "
+                                     "(a pickle that carries code?)")
+
+
 def read_d2_weights(path: str | Path) -> dict:
-    with open(path, "rb") as f:
-        return pickle.load(f, encoding="latin1")
+    """Read a detectron2 .pkl weight file allowing only numpy arrays and plain types; CheckpointError otherwise."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"detectron2 weights not found: {path}")
+    try:
+        with open(path, "rb") as f:
+            data = _ArraysOnlyUnpickler(f, encoding="latin1").load()
+    except Exception as e:  # UnpicklingError, EOFError (truncated), ...
+        raise CheckpointError(f"cannot read detectron2 weights {path}: {type(e).__name__}: {e}. Loading is "
+                              "restricted to numpy arrays; re-create the file with transfer/convert_to_d2.py") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"detectron2 weights {path} hold a {type(data).__name__}, expected a dict")
+    return data
 
 
 def load_resnet50_state(source: str | Path, seed: int = 0) -> tuple[dict[str, torch.Tensor], str]:

@@ -11,7 +11,9 @@ json's `categories` (detectron2's loader), so the switch only matters for NUM_CL
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 import os
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
@@ -111,17 +113,115 @@ def validate_voc(dirname: Path, split: str, class_names) -> int:
         for field in ("size/width", "size/height"):
             if tree.find(field) is None or not (tree.find(field).text or "").strip():
                 raise UserError(f"VOC annotation {xml} lacks <{field}>")
+        width, height = (_number(xml, "image", tree.find(f).text) for f in ("size/width", "size/height"))
+        if width <= 0 or height <= 0:
+            raise UserError(f"VOC annotation {xml}: image size {width:g}x{height:g} is not positive")
         for i, obj in enumerate(tree.findall("object")):
             for field in _VOC_OBJECT_FIELDS:
                 node = obj.find(field)
                 if node is None or not (node.text or "").strip():
                     raise UserError(f"VOC annotation {xml}: object {i} lacks <{field}> "
                                     "(detectron2's loader and VOC evaluator read it)")
+            _check_voc_box(xml, i, obj, width, height)
             name = obj.find("name").text.strip()
             if name not in known:
                 raise UserError(f"VOC annotation {xml}: object {i} has class {name!r}, not one of the "
                                 f"{len(known)} configured classes (is the embedded-data marker missing or wrong?)")
     return len(ids)
+
+
+def _number(source, where: str, text: str) -> float:
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        raise UserError(f"{source}: {where}: {text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise UserError(f"{source}: {where}: {text!r} is not a finite number")
+    return value
+
+
+def _check_voc_box(xml: Path, i: int, obj, width: float, height: float) -> None:
+    """VOC boxes are 1-based inclusive pixel indices: 1 <= xmin <= xmax <= width (same for y). A box
+    of zero or negative area, or one outside the image, would train on nothing or on padding."""
+    x0, y0, x1, y1 = (_number(xml, f"object {i} <bndbox/{f}>", obj.find(f"bndbox/{f}").text)
+                      for f in ("xmin", "ymin", "xmax", "ymax"))
+    where = f"VOC annotation {xml}: object {i} box (xmin {x0:g}, ymin {y0:g}, xmax {x1:g}, ymax {y1:g})"
+    # detectron2 turns the 1-based box into [xmin - 1, xmax): xmax == xmin is a one-pixel box
+    if x1 < x0 or y1 < y0:
+        raise UserError(f"{where} has zero or negative area (needs xmin <= xmax and ymin <= ymax)")
+    if x0 < 0 or y0 < 0 or x1 > width or y1 > height:
+        raise UserError(f"{where} lies outside the {width:g}x{height:g} image")
+
+
+def _polygon_area(xy: list[float]) -> float:
+    xs, ys = xy[0::2], xy[1::2]
+    return abs(sum(xs[k] * ys[k - 1] - xs[k - 1] * ys[k] for k in range(len(xs)))) / 2
+
+
+def validate_coco(json_file: Path) -> tuple[int, int]:
+    """Read a COCO instances json and check what detectron2's loader and the trainer rely on, with one
+    message naming the file and the annotation id. Returns (images, annotations).
+
+    detectron2 would fail with a bare KeyError or json error, silently drop polygons with fewer than 3
+    points, and train on boxes outside the image or of zero area (it only filters them much later,
+    and not at all for evaluation)."""
+    try:
+        data = json.loads(json_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"COCO annotations {json_file} are not valid JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"COCO annotations {json_file}: the top level must be an object, got {type(data).__name__}")
+    for key in ("images", "annotations", "categories"):
+        if not isinstance(data.get(key), list):
+            raise UserError(f"COCO annotations {json_file} are malformed: missing key {key!r} (a list)")
+    images = {}
+    for k, img in enumerate(data["images"]):
+        missing = [f for f in ("id", "file_name", "width", "height") if not isinstance(img, dict) or f not in img]
+        if missing:
+            raise UserError(f"COCO annotations {json_file}: images[{k}] lacks {', '.join(missing)}")
+        images[img["id"]] = img
+    category_ids = set()
+    for k, cat in enumerate(data["categories"]):
+        if not isinstance(cat, dict) or "id" not in cat or "name" not in cat:
+            raise UserError(f"COCO annotations {json_file}: categories[{k}] needs 'id' and 'name'")
+        category_ids.add(cat["id"])
+    for k, ann in enumerate(data["annotations"]):
+        if not isinstance(ann, dict):
+            raise UserError(f"COCO annotations {json_file}: annotations[{k}] is not an object")
+        aid = ann.get("id", f"#{k}")
+        where = f"COCO annotations {json_file}: annotation id {aid}"
+        missing = [f for f in ("id", "image_id", "category_id", "bbox") if f not in ann]
+        if missing:
+            raise UserError(f"{where} lacks {', '.join(missing)}")
+        if ann["category_id"] not in category_ids:
+            raise UserError(f"{where} has category_id={ann['category_id']}, not one of the {len(category_ids)} ids in "
+                            "'categories'. Fix the annotation or add the category to 'categories'")
+        img = images.get(ann["image_id"])
+        if img is None:
+            raise UserError(f"{where} refers to image_id={ann['image_id']}, which 'images' does not list")
+        box = ann["bbox"]
+        if not (isinstance(box, list) and len(box) == 4 and all(isinstance(v, (int, float)) for v in box)):
+            raise UserError(f"{where}: bbox must be [x, y, width, height] numbers, got {box!r}")
+        x, y, w, h = box
+        if not (w > 0 and h > 0):
+            raise UserError(f"{where} (image {img['file_name']}): bbox {box} has zero or negative area")
+        tol = 1.0  # exporters round coordinates: allow a pixel
+        if x < -tol or y < -tol or x + w > img["width"] + tol or y + h > img["height"] + tol:
+            raise UserError(f"{where} (image {img['file_name']}): bbox {box} lies outside the "
+                            f"{img['width']}x{img['height']} image")
+        seg = ann.get("segmentation")
+        if isinstance(seg, list):  # polygons; a dict is RLE (crowd regions), checked by pycocotools
+            if not seg:
+                raise UserError(f"{where}: segmentation is an empty list (give polygons, or omit it for boxes only)")
+            for j, poly in enumerate(seg):
+                ok = isinstance(poly, list) and all(isinstance(v, (int, float)) for v in poly)
+                if not ok or len(poly) < 6 or len(poly) % 2:
+                    n = len(poly) if isinstance(poly, list) else poly
+                    raise UserError(f"{where}: polygon {j} is degenerate ({n} coordinates; a polygon needs "
+                                    "x,y pairs of at least 3 points)")
+                if _polygon_area(poly) <= 0:
+                    raise UserError(f"{where}: polygon {j} has zero area (its points are collinear or repeated)")
+    return len(images), len(data["annotations"])
 
 
 def _replace(name: str) -> None:
@@ -149,6 +249,7 @@ def register_coco(name: str, root: Path) -> None:
     image_dir, json_file = (root / p for p in COCO_SPLITS[name])
     if missing := _missing([json_file, image_dir]):
         raise _layout_error(name, missing)
+    validate_coco(json_file)
     _replace(name)
     register_coco_instances(name, {}, str(json_file), str(image_dir))
     load = DatasetCatalog[name]  # detectron2's loader; wrapped so a bad category id names the file

@@ -16,6 +16,7 @@ for a in "$@"; do if [ "$a" = "--resume" ]; then resume=(--resume); else opts+=(
 
 mkdir -p "$out"
 "$py" -m transfer.convert_to_d2 "$ckpt" "$out/pretrained_d2.pkl" --config "$config" --seed "${SEED:-0}"
-"$py" -m transfer.train_det --config-file "$config" --data-root "$data" --num-gpus "$gpus" \
+# exec: a preemption signal sent to this script reaches the trainer, which saves and exits 75
+exec "$py" -m transfer.train_det --config-file "$config" --data-root "$data" --num-gpus "$gpus" \
     --trials "${TRIALS:-$default_trials}" --seed "${SEED:-0}" --coco-eval "${COCO_EVAL:-faster}" "${resume[@]}" \
     MODEL.WEIGHTS "$out/pretrained_d2.pkl" OUTPUT_DIR "$out" "${opts[@]}"

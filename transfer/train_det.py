@@ -27,24 +27,51 @@ if __package__ in (None, ""):  # `python transfer/train_det.py` as well as `pyth
 
 import detectron2.utils.comm as comm  # noqa: E402
 import torch  # noqa: E402
-from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402
 from detectron2.data import MetadataCatalog  # noqa: E402
-from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, launch  # noqa: E402
+from detectron2.engine import DefaultTrainer, HookBase, default_argument_parser, default_setup, launch  # noqa: E402
 from detectron2.evaluation import PascalVOCDetectionEvaluator  # noqa: E402
 from detectron2.utils.env import seed_all_rng  # noqa: E402
 from detectron2.utils.logger import setup_logger  # noqa: E402
 from torch.nn.parallel import DistributedDataParallel  # noqa: E402
 
+from core.preemption import REQUEUE_EXIT, PreemptionFlag  # noqa: E402
 from core.runtime import UserError, run_cli  # noqa: E402
 from transfer import datasets  # noqa: E402
 from transfer.coco_eval import BACKENDS, BackendCOCOEvaluator  # noqa: E402
 from transfer.d2_model import load_cfg, resolve_config_path  # noqa: E402  (registers Res5ROIHeadsExtraNorm)
 from transfer.trials import aggregate, format_table, write_json  # noqa: E402
-from transfer.verify import load_with_report  # noqa: E402
+from transfer.verify import SafeCheckpointer, load_with_report  # noqa: E402
 
 RESULTS_FILE = "eval_results.json"  # detectron2's own metrics.json holds the training event stream
 SUMMARY_FILE = "trials_summary.json"
 logger = logging.getLogger("transfer.train_det")
+
+
+class PreemptionHook(HookBase):
+    """SIGTERM/SIGUSR1 during fine-tuning: after the current iteration, save model_XXXXXXX.pth (which
+    detectron2's --resume continues from: it holds the iteration, optimizer and scheduler) and exit
+    REQUEUE_EXIT (core/preemption.py). All ranks agree on the iteration through an all-reduce."""
+
+    def __init__(self):
+        self.flag = PreemptionFlag()
+
+    def before_train(self):
+        self.flag.install()
+
+    def after_train(self):
+        self.flag.restore()
+
+    def after_step(self):
+        device = next(self.trainer.model.parameters()).device
+        if not self.flag.should_stop(device):
+            return
+        name = f"model_{self.trainer.iter:07d}"
+        # as detectron2's PeriodicCheckpointer saves (main process only): the trainer state holds the iteration
+        self.trainer.checkpointer.save(name, iteration=self.trainer.iter)
+        comm.synchronize()
+        path = os.path.join(self.trainer.checkpointer.save_dir, name + ".pth")
+        self.flag.exit(f"detection: preempted after iteration {self.trainer.iter}; saved {path}, "
+                       "continue with --resume")
 
 
 class Trainer(DefaultTrainer):
@@ -61,6 +88,9 @@ class Trainer(DefaultTrainer):
         if kind == "coco":
             return BackendCOCOEvaluator(dataset_name, os.path.join(cfg.OUTPUT_DIR, "inference"), cls.coco_backend)
         raise UserError(f"no evaluator for dataset {dataset_name} (evaluator_type {kind!r})")
+
+    def build_hooks(self):
+        return [*super().build_hooks(), PreemptionHook()]
 
     def resume_or_load(self, resume=True):
         if resume and self.checkpointer.has_checkpoint():
@@ -174,7 +204,7 @@ def run_trial(tcfg, resume: bool) -> dict:
 
 def evaluate_only(cfg, args) -> dict:
     model = Trainer.build_model(cfg)
-    DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+    SafeCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
     results = Trainer.test(cfg, model)
     if comm.is_main_process():
         write_json({"weights": cfg.MODEL.WEIGHTS, "results": results}, Path(cfg.OUTPUT_DIR) / RESULTS_FILE)
@@ -203,8 +233,13 @@ def main(args) -> dict:
 
 def cli(argv=None) -> None:
     args = parse_args(argv)
-    run_cli(lambda a: launch(main, a.num_gpus, num_machines=a.num_machines, machine_rank=a.machine_rank,
-                             dist_url=a.dist_url, args=(a,)), args)
+    try:
+        run_cli(lambda a: launch(main, a.num_gpus, num_machines=a.num_machines, machine_rank=a.machine_rank,
+                                 dist_url=a.dist_url, args=(a,)), args)
+    except torch.multiprocessing.ProcessExitedException as e:  # multi-GPU: launch's worker processes
+        if e.exit_code == REQUEUE_EXIT:  # preempted workers saved; pass the requeue code on
+            sys.exit(REQUEUE_EXIT)
+        raise
 
 
 if __name__ == "__main__":

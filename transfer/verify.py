@@ -66,6 +66,24 @@ class Coverage:
         return "coverage FAILED: " + "; ".join(parts)
 
 
+class SafeCheckpointer(DetectionCheckpointer):
+    """DetectionCheckpointer whose .pkl reader refuses anything but numpy arrays and plain types
+    (transfer.convert.read_d2_weights); detectron2's own reader is a bare pickle.load. Other files go
+    through fvcore's torch.load, weights-only by default in this torch."""
+
+    def _load_file(self, filename):
+        if not str(filename).endswith(".pkl"):
+            return super()._load_file(filename)
+        from transfer.convert import read_d2_weights
+
+        data = read_d2_weights(filename)
+        if "model" in data and "__author__" in data:  # our files and detectron2's model zoo format
+            return data
+        data = data.get("blobs", data)  # Caffe2 / Detectron1 files, read as detectron2 reads them
+        data = {k: v for k, v in data.items() if not k.endswith("_momentum")}
+        return {"model": data, "__author__": "Caffe2", "matching_heuristics": True}
+
+
 def load_with_report(model: torch.nn.Module, weights: str | Path) -> Coverage:
     """Load a converted .pkl into `model` the way the trainer does and classify every key.
 
@@ -77,7 +95,7 @@ def load_with_report(model: torch.nn.Module, weights: str | Path) -> Coverage:
     weights = str(weights)
     if not weights.endswith(".pkl"):
         raise ValueError(f"{weights}: pretrained weights must be a converted .pkl (transfer/convert_to_d2.py)")
-    checkpointer = DetectionCheckpointer(model, save_to_disk=False)
+    checkpointer = SafeCheckpointer(model, save_to_disk=False)
     checkpoint = checkpointer._load_file(weights)
     file_state = {k: torch.as_tensor(v) for k, v in checkpoint["model"].items()}
     model_state = model.state_dict()

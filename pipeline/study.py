@@ -1,0 +1,218 @@
+"""The paper's empirical study on your data: run chosen ablation variants, plot Figure 2, tabulate.
+
+    python -m pipeline.study [--studies stop_gradient,predictor/no_predictor | all] [--out runs/study]
+                             [--config pretrain/configs/study_embedded_cpu.yaml] [--nproc-per-node N]
+                             [dotted.key=value ...]
+
+Each variant of pipeline/studies.yaml is one ordinary pretraining run (the `pretrain.train` entry
+point, its checkpoints and metrics) in OUT/<study>/<variant>/: the base --config, then the
+overrides given here, then the variant's own. A finished variant is skipped on a re-run and an
+interrupted one resumes from its checkpoints. The collapse alarm is off (monitor.collapse_patience=0):
+the study is there to show collapse, not to stop it. Then:
+
+  OUT/study.md      one table per study: the paper's ImageNet number beside our final kNN top-1, loss,
+                    std of l2-normalised z in units of 1/sqrt(d), and whether the run collapsed
+  OUT/<study>.png   loss, z std (with the 1/sqrt(d) line) and kNN top-1 per epoch, one curve per variant
+  OUT/figure2.png   the stop-gradient study: the paper's Figure 2
+
+A random-init backbone's kNN top-1 (same monitor settings) is the floor every variant is read against.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from core.config import ConfigError, load_config
+from core.distributed import DistInfo
+from core.runtime import UserError, run_cli
+from pipeline.report import fmt, plt, read_jsonl, save_plot, table
+from pipeline.run import REPO, pretrain_command
+
+STUDIES = Path(__file__).with_name("studies.yaml")
+DEFAULT_CONFIG = REPO / "pretrain/configs/study_embedded_cpu.yaml"
+# A run counts as collapsed when its final z std is below this fraction of 1/sqrt(d). Healthy runs
+# stay near 1 (the paper's Figure 2: ~1/sqrt(d)); collapsing ones fall towards 0.
+COLLAPSE_RATIO = 0.6
+
+
+def load_studies(path: Path = STUDIES) -> dict:
+    return yaml.safe_load(path.read_text())
+
+
+def choose(studies: dict, names: str) -> dict[str, list[str]]:
+    """'all', or comma-separated study names, each optionally narrowed to variants: 'predictor/no_predictor'."""
+    chosen: dict[str, list[str]] = {}
+    for item in (list(studies) if names == "all" else [n.strip() for n in names.split(",") if n.strip()]):
+        name, _, variant = item.partition("/")
+        if name not in studies:
+            raise UserError(f"unknown study {name!r}; choose from {', '.join(studies)} or all")
+        known = list(studies[name]["variants"])
+        if variant and variant not in known:
+            raise UserError(f"study {name} has no variant {variant!r}; its variants: {', '.join(known)}")
+        chosen.setdefault(name, [])
+        chosen[name] += [v for v in ([variant] if variant else known) if v not in chosen[name]]
+    if not chosen:
+        raise UserError(f"no study given; choose from {', '.join(studies)} or all")
+    return chosen
+
+
+def variant_overrides(base: list[str], variant: dict, out_dir: Path) -> list[str]:
+    return [*base, "monitor.collapse_patience=0", *variant["overrides"], f"out_dir={out_dir}"]
+
+
+def run_variant(cmd_prefix: list, config: Path, overrides: list[str], out_dir: Path) -> str:
+    """Run (or resume) one variant; returns its status: done, or why it did not finish."""
+    if (out_dir / "done").exists():
+        return "done"
+    load_config(config, overrides)  # a bad override fails here, once, with the config error
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cmd = [str(c) for c in [*cmd_prefix, "--config", config, *overrides]]
+    print(f"[study] $ {' '.join(cmd)}", flush=True)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHON": sys.executable}
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stderr=subprocess.PIPE)
+    tail = b""
+    while chunk := os.read(proc.stderr.fileno(), 1 << 14):  # passed through live: the progress bars
+        sys.stderr.write(chunk.decode(errors="replace"))
+        tail = (tail + chunk)[-(1 << 16):]  # the run's one-line error is its last output
+    if proc.wait() == 0:
+        return "done"
+    errors = [line for line in tail.decode(errors="replace").splitlines() if line.startswith("error: ")]
+    return f"stopped: {errors[-1][7:]}" if errors else f"failed (exit {proc.returncode})"
+
+
+def random_init_knn(config: Path, overrides: list[str], out: Path) -> float | None:
+    """kNN top-1 of the base config's backbone at random init, with the monitor's data and (k, T)."""
+    cached = out / "random_init_knn.json"
+    if cached.exists():
+        return json.loads(cached.read_text())["knn_top1"]
+    import torch
+
+    from pretrain.data import eval_transform
+    from pretrain.train import build_model, knn_monitor, knn_sets
+
+    cfg = load_config(config, overrides)
+    sets = knn_sets(cfg, eval_transform(cfg.data.crop_size))
+    if sets is None:
+        return None
+    torch.manual_seed(cfg.seed)
+    top1 = knn_monitor(build_model(cfg), cfg, DistInfo(0, 1, 0, torch.device("cpu")), sets)
+    cached.write_text(json.dumps({"knn_top1": top1, "arch": cfg.arch, "k": cfg.monitor.knn_k, "T": cfg.monitor.knn_t}))
+    return top1
+
+
+def summarise(run_dir: Path, dim: int) -> dict:
+    """Final numbers of one variant's run from its metrics.jsonl (None where it wrote none)."""
+    records = [r for r in read_jsonl(run_dir / "metrics.jsonl") if "epoch" in r]
+    knn = [r["knn_top1"] for r in records if "knn_top1" in r]
+    last = records[-1] if records else {}
+    ratio = last["z_std"] * math.sqrt(dim) if records else None
+    return {"epochs": len(records), "loss": last.get("loss"), "z_std": last.get("z_std"), "z_std_ratio": ratio,
+            "knn_top1": knn[-1] if knn else None, "collapsed": None if ratio is None else ratio < COLLAPSE_RATIO,
+            "records": records}
+
+
+def study_figure(out: Path, name: str, title: str, results: dict) -> Path:
+    """Three panels like the paper's Figure 2: training loss, z std with 1/sqrt(d), kNN top-1 per epoch."""
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.4))
+    dims = set()
+    for label, res in results.items():
+        recs = res["records"]
+        if not recs:
+            continue
+        epochs = [r["epoch"] for r in recs]
+        axes[0].plot(epochs, [r["loss"] for r in recs], label=label)
+        axes[1].plot(epochs, [r["z_std"] for r in recs], label=label)
+        dims.add(res["dim"])
+        knn = [r for r in recs if "knn_top1" in r]
+        axes[2].plot([r["epoch"] for r in knn], [r["knn_top1"] for r in knn], marker="o", label=label)
+    for d in sorted(dims):
+        axes[1].axhline(1 / math.sqrt(d), color="gray", linestyle="--", linewidth=0.8)
+    axes[1].text(0.02, 0.02, "dashed: 1/sqrt(d)", transform=axes[1].transAxes, fontsize=7, color="gray")
+    for ax, ylabel in zip(axes, ("training loss (min -1)", "std of l2-normalised z", "kNN top-1 (%)")):
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(ylabel)
+        ax.legend(fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    return save_plot(fig, out / f"{name}.png")
+
+
+def write_study_md(out: Path, studies: dict, chosen: dict, results: dict, baseline, setup: str) -> Path:
+    lines = ["# SimSiam empirical study", "", setup, "",
+             f"Random-init backbone, kNN top-1 with the same monitor: {fmt(baseline)} (the floor to read "
+             "every variant against). The paper's column is 100-epoch ImageNet linear top-1 (PROTOCOL.md "
+             f"section 2): a reference for the direction of each effect, not a comparable number. "
+             f"Collapsed: final z std below {COLLAPSE_RATIO} x 1/sqrt(d).", ""]
+    for name, keys in chosen.items():
+        lines += [f"## {studies[name]['title']}", "", f"![{name}]({name}.png)", ""]
+        rows = []
+        for key in keys:
+            variant = studies[name]["variants"][key]
+            r = results[name][variant["label"]]
+            rows.append([variant["label"], " ".join(f"`{o}`" for o in variant["overrides"]) or "(recipe)",
+                         fmt(variant["paper"], 1), fmt(r["knn_top1"], 1), fmt(r["loss"], 3),
+                         fmt(r["z_std_ratio"], 2), {True: "yes", False: "no", None: "n/a"}[r["collapsed"]],
+                         r["status"]])
+        lines += table(["variant", "switches", "paper top-1", "kNN top-1", "final loss", "z std x sqrt(d)",
+                        "collapsed", "run"], rows) + [""]
+    path = out / "study.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def main(names: str, out: Path, config: Path, overrides: list[str], nproc_per_node: int = 1) -> Path:
+    studies = load_studies()
+    chosen = choose(studies, names)
+    try:
+        base_cfg = load_config(config, overrides)
+    except ConfigError as e:
+        raise UserError(f"study base config: {e}") from None
+    out.mkdir(parents=True, exist_ok=True)
+    cmd_prefix = pretrain_command(nproc_per_node)
+    results = {}
+    for name, keys in chosen.items():
+        results[name] = {}
+        for key in keys:
+            variant = studies[name]["variants"][key]
+            run_dir = out / name / key
+            ov = variant_overrides(overrides, variant, run_dir)
+            status = run_variant(cmd_prefix, config, ov, run_dir)
+            dim = load_config(config, ov).model.dim
+            results[name][variant["label"]] = {**summarise(run_dir, dim), "status": status, "dim": dim}
+        study_figure(out, name, studies[name]["title"], results[name])
+    if "stop_gradient" in chosen:
+        (out / "figure2.png").write_bytes((out / "stop_gradient.png").read_bytes())
+    baseline = random_init_knn(config, overrides, out)
+    setup = (f"Base config `{Path(config).relative_to(REPO) if Path(config).is_relative_to(REPO) else config}` "
+             f"with {' '.join(f'`{o}`' for o in overrides) or 'no overrides'}: {base_cfg.arch}, "
+             f"{base_cfg.data.crop_size} px, batch {base_cfg.optim.batch_size}, {base_cfg.optim.epochs} epochs, "
+             f"kNN k={base_cfg.monitor.knn_k} T={base_cfg.monitor.knn_t}.")
+    path = write_study_md(out, studies, chosen, results, baseline, setup)
+    (out / "study.json").write_text(json.dumps(
+        {name: {label: {k: v for k, v in r.items() if k != "records"} for label, r in res.items()}
+         for name, res in results.items()} | {"random_init_knn_top1": baseline}, indent=2))
+    print(f"[study] {path}")
+    return path
+
+
+def cli(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--studies", default="stop_gradient,predictor",
+                   help="comma-separated names from pipeline/studies.yaml, or all")
+    p.add_argument("--out", type=Path, default=REPO / "runs/study", help="study directory")
+    p.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="base pretraining config of every variant")
+    p.add_argument("--nproc-per-node", type=int, default=1, help="processes per variant (DDP through pretrain/run.sh)")
+    p.add_argument("overrides", nargs="*", help="dotted.key=value applied to every variant, e.g. optim.epochs=20")
+    a = p.parse_args(argv)
+    run_cli(lambda: main(a.studies, a.out.resolve(), a.config.resolve(), a.overrides, a.nproc_per_node))
+
+
+if __name__ == "__main__":
+    cli()
