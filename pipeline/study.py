@@ -8,7 +8,9 @@ Each variant of pipeline/studies.yaml is one ordinary pretraining run (the `pret
 point, its checkpoints and metrics) in OUT/<study>/<variant>/: the base --config, then the
 overrides given here, then the variant's own. A finished variant is skipped on a re-run and an
 interrupted one resumes from its checkpoints. The collapse alarm is off (monitor.collapse_patience=0):
-the study is there to show collapse, not to stop it. Then:
+the study is there to show collapse, not to stop it; only the newest epoch checkpoint of each run is
+kept (train.keep_checkpoints=1). Variants whose resolved configs are equal (the recipe appears in
+most studies) are trained once. Then:
 
   OUT/study.md      one table per study: the paper's ImageNet number beside our final kNN top-1, loss,
                     std of l2-normalised z in units of 1/sqrt(d), and whether the run collapsed
@@ -65,7 +67,10 @@ def choose(studies: dict, names: str) -> dict[str, list[str]]:
 
 
 def variant_overrides(base: list[str], variant: dict, out_dir: Path) -> list[str]:
-    return [*base, "monitor.collapse_patience=0", *variant["overrides"], f"out_dir={out_dir}"]
+    # Only the newest epoch checkpoint is kept (a study trains dozens of runs; the curves are in
+    # metrics.jsonl), unless the given overrides say otherwise.
+    return ["train.keep_checkpoints=1", *base, "monitor.collapse_patience=0", *variant["overrides"],
+            f"out_dir={out_dir}"]
 
 
 def run_variant(cmd_prefix: list, config: Path, overrides: list[str], out_dir: Path) -> str:
@@ -106,6 +111,20 @@ def random_init_knn(config: Path, overrides: list[str], out: Path) -> float | No
     top1 = knn_monitor(build_model(cfg), cfg, DistInfo(0, 1, 0, torch.device("cpu")), sets)
     cached.write_text(json.dumps({"knn_top1": top1, "arch": cfg.arch, "k": cfg.monitor.knn_k, "T": cfg.monitor.knn_t}))
     return top1
+
+
+def run_key(cfg: dict) -> str:
+    """What makes two variants the same training run: their resolved configs, output dir aside."""
+    return json.dumps({k: v for k, v in cfg.items() if k != "out_dir"}, sort_keys=True, default=str)
+
+
+def finished_runs(out: Path) -> dict[str, Path]:
+    """The runs a previous study command finished in `out`, by run_key of the config they saved."""
+    found = {}
+    for saved in sorted(out.glob("*/*/config.yaml")):
+        if (saved.parent / "done").exists():
+            found.setdefault(run_key(yaml.safe_load(saved.read_text())), saved.parent)
+    return found
 
 
 def summarise(run_dir: Path, dim: int) -> dict:
@@ -176,6 +195,7 @@ def main(names: str, out: Path, config: Path, overrides: list[str], nproc_per_no
         raise UserError(f"study base config: {e}") from None
     out.mkdir(parents=True, exist_ok=True)
     cmd_prefix = pretrain_command(nproc_per_node)
+    trained = finished_runs(out)
     results = {}
     for name, keys in chosen.items():
         results[name] = {}
@@ -183,9 +203,16 @@ def main(names: str, out: Path, config: Path, overrides: list[str], nproc_per_no
             variant = studies[name]["variants"][key]
             run_dir = out / name / key
             ov = variant_overrides(overrides, variant, run_dir)
-            status = run_variant(cmd_prefix, config, ov, run_dir)
-            dim = load_config(config, ov).model.dim
-            results[name][variant["label"]] = {**summarise(run_dir, dim), "status": status, "dim": dim}
+            cfg = load_config(config, ov)
+            same = run_key(cfg.to_dict())
+            if same in trained and trained[same] != run_dir:
+                # The recipe is a variant of nearly every study: train each distinct config once.
+                run_dir, status = trained[same], f"same run as {trained[same].relative_to(out)}"
+            else:
+                status = run_variant(cmd_prefix, config, ov, run_dir)
+                trained.setdefault(same, run_dir)
+            results[name][variant["label"]] = {**summarise(run_dir, cfg.model.dim), "status": status,
+                                               "dim": cfg.model.dim}
         study_figure(out, name, studies[name]["title"], results[name])
     if "stop_gradient" in chosen:
         (out / "figure2.png").write_bytes((out / "stop_gradient.png").read_bytes())

@@ -262,6 +262,9 @@ def main(cfg: Config) -> Path:
         if dist.is_main:
             print("pretrain: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()))
         save(out_dir / f"checkpoint_{epoch + 1:04d}.pth.tar", epoch + 1, 0)
+        if dist.is_main and cfg.train.keep_checkpoints:  # after the new file is complete, never before
+            for old in epoch_checkpoints(out_dir)[:-cfg.train.keep_checkpoints]:
+                old.unlink()
         if record["z_std"] < cfg.monitor.collapse_ratio * healthy_std:
             low_std_epochs += 1
             if cfg.monitor.collapse_patience and low_std_epochs >= cfg.monitor.collapse_patience:

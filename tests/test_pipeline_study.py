@@ -34,8 +34,11 @@ def test_collapse_without_stop_gradient_and_without_predictor(tmp_path, embedded
     out = tmp_path / "study"
     overrides = [f"data.train_dir={train}", f"monitor.knn_train_dir={train}", f"monitor.knn_val_dir={val}",
                  "monitor.knn_every=12"]  # 12 epochs of 7 steps per variant, kNN after the last
-    main("stop_gradient,predictor/no_predictor", out, DEFAULT_CONFIG, overrides)
+    main("stop_gradient,predictor/no_predictor,predictor/lr_constant", out, DEFAULT_CONFIG, overrides)
     res = json.loads((out / "study.json").read_text())
+    # the predictor study's recipe row is the stop-gradient study's recipe run, trained once
+    assert res["predictor"]["lr not decayed (default)"]["status"] == "same run as stop_gradient/with_stop_grad"
+    assert not (out / "predictor" / "lr_constant").exists()
     ok, no_stop = res["stop_gradient"]["w/ stop-grad"], res["stop_gradient"]["w/o stop-grad"]
     no_pred = res["predictor"]["no pred. MLP"]
     assert all(r["status"] == "done" and r["epochs"] == 12 for r in (ok, no_stop, no_pred))
@@ -55,7 +58,7 @@ def test_collapse_without_stop_gradient_and_without_predictor(tmp_path, embedded
 
     # A re-run skips the finished variants (their checkpoints are untouched) and rebuilds the same table.
     stamp = (out / "stop_gradient" / "with_stop_grad" / "checkpoint_0012.pth.tar").stat().st_mtime_ns
-    main("stop_gradient,predictor/no_predictor", out, DEFAULT_CONFIG, overrides)
+    main("stop_gradient,predictor/no_predictor,predictor/lr_constant", out, DEFAULT_CONFIG, overrides)
     assert (out / "stop_gradient" / "with_stop_grad" / "checkpoint_0012.pth.tar").stat().st_mtime_ns == stamp
     assert (out / "study.md").read_text() == md
 

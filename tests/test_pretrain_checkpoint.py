@@ -70,3 +70,10 @@ def test_views_do_not_depend_on_worker_count(tmp_path, tiny_folder):
     main(tiny_config(b, tiny_folder, **{"optim.epochs": 1, "train.stop_after_steps": 2, "data.workers": 2}))
     sa, sb = read_checkpoint(a / LAST)["state_dict"], read_checkpoint(b / LAST)["state_dict"]
     assert all(torch.equal(v, sb[k]) for k, v in sa.items())
+
+
+def test_keep_checkpoints_deletes_only_older_epochs(tmp_path, tiny_folder):
+    out = tmp_path / "run"
+    main(tiny_config(out, tiny_folder, **{"optim.epochs": 3, "train.keep_checkpoints": 2}))
+    assert [p.name for p in epoch_checkpoints(out)] == ["checkpoint_0002.pth.tar", "checkpoint_0003.pth.tar"]
+    assert read_checkpoint(out / "checkpoint_0003.pth.tar")["epoch"] == 3
