@@ -138,7 +138,7 @@ def summarise(run_dir: Path, dim: int) -> dict:
             "records": records}
 
 
-def study_figure(out: Path, name: str, title: str, results: dict) -> Path:
+def study_figure(out: Path, name: str, title: str, results: dict, baseline: float | None) -> Path:
     """Three panels like the paper's Figure 2: training loss, z std with 1/sqrt(d), kNN top-1 per epoch."""
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.4))
     dims = set()
@@ -155,6 +155,9 @@ def study_figure(out: Path, name: str, title: str, results: dict) -> Path:
     for d in sorted(dims):
         axes[1].axhline(1 / math.sqrt(d), color="gray", linestyle="--", linewidth=0.8)
     axes[1].text(0.02, 0.02, "dashed: 1/sqrt(d)", transform=axes[1].transAxes, fontsize=7, color="gray")
+    if baseline is not None:
+        axes[2].axhline(baseline, color="gray", linestyle="--", linewidth=0.8)
+        axes[2].text(0.02, 0.02, "dashed: random init", transform=axes[2].transAxes, fontsize=7, color="gray")
     for ax, ylabel in zip(axes, ("training loss (min -1)", "std of l2-normalised z", "kNN top-1 (%)")):
         ax.set_xlabel("epoch")
         ax.set_ylabel(ylabel)
@@ -194,6 +197,7 @@ def main(names: str, out: Path, config: Path, overrides: list[str], nproc_per_no
     except ConfigError as e:
         raise UserError(f"study base config: {e}") from None
     out.mkdir(parents=True, exist_ok=True)
+    baseline = random_init_knn(config, overrides, out)
     cmd_prefix = pretrain_command(nproc_per_node)
     trained = finished_runs(out)
     results = {}
@@ -213,10 +217,9 @@ def main(names: str, out: Path, config: Path, overrides: list[str], nproc_per_no
                 trained.setdefault(same, run_dir)
             results[name][variant["label"]] = {**summarise(run_dir, cfg.model.dim), "status": status,
                                                "dim": cfg.model.dim}
-        study_figure(out, name, studies[name]["title"], results[name])
+        study_figure(out, name, studies[name]["title"], results[name], baseline)
     if "stop_gradient" in chosen:
         (out / "figure2.png").write_bytes((out / "stop_gradient.png").read_bytes())
-    baseline = random_init_knn(config, overrides, out)
     setup = (f"Base config `{Path(config).relative_to(REPO) if Path(config).is_relative_to(REPO) else config}` "
              f"with {' '.join(f'`{o}`' for o in overrides) or 'no overrides'}: {base_cfg.arch}, "
              f"{base_cfg.data.crop_size} px, batch {base_cfg.optim.batch_size}, {base_cfg.optim.epochs} epochs, "

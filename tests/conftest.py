@@ -62,3 +62,16 @@ def tiny_overrides(out_dir: Path, train_dir: Path, **extra) -> list[str]:
 
 def tiny_config(out_dir: Path, train_dir: Path, **extra):
     return load_config(PRETRAIN_DEFAULTS, tiny_overrides(out_dir, train_dir, **extra))
+
+
+def one_error_line(capsys, call) -> str:
+    """Run an entry point that must refuse its input: exit 2, one `error: ` line (the last thing on
+    stderr), no traceback. Returns that line."""
+    with pytest.raises(SystemExit) as exc:
+        call()
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1 and err.rstrip().endswith(lines[0]), err[-2000:]
+    return lines[0]

@@ -4,7 +4,7 @@
 import pytest
 
 from core.config import ConfigError, load_config
-from tests.conftest import REPO
+from tests.conftest import REPO, one_error_line
 
 DEFAULTS = {"pretrain": REPO / "pretrain/configs/defaults.yaml", "eval": REPO / "eval/configs/defaults.yaml",
             "pipeline": REPO / "pipeline/configs/defaults.yaml"}
@@ -30,13 +30,7 @@ def _cli(stage):
 
 
 def _one_error(capsys, run, cfg, extra=()) -> str:
-    with pytest.raises(SystemExit) as exc:
-        run(cfg, list(extra))
-    assert exc.value.code == 2
-    err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if line.startswith("error: ")]
-    assert len(lines) == 1 and "Traceback" not in err
-    return lines[0]
+    return one_error_line(capsys, lambda: run(cfg, list(extra)))
 
 
 @pytest.mark.parametrize("stage", DEFAULTS)

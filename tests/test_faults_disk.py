@@ -8,7 +8,7 @@ import pytest
 import core.checkpoint as ckpt_mod
 from core.checkpoint import read_checkpoint
 from pretrain.train import LAST, cli
-from tests.conftest import tiny_overrides
+from tests.conftest import one_error_line, tiny_overrides
 
 
 class _FullDisk:
@@ -46,14 +46,7 @@ def fill_disk_when_writing(monkeypatch, target: str, room: int = 4096):
 
 
 def _one_error(capsys, overrides) -> str:
-    with pytest.raises(SystemExit) as exc:
-        cli(overrides)
-    assert exc.value.code == 2
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    lines = [line for line in err.splitlines() if line.startswith("error: ")]
-    assert len(lines) == 1 and err.rstrip().endswith(lines[0])
-    return lines[0]
+    return one_error_line(capsys, lambda: cli(overrides))
 
 
 def test_disk_full_writing_epoch_checkpoint(tmp_path, tiny_folder, capsys, monkeypatch):

@@ -9,18 +9,11 @@ from core.checkpoint import read_checkpoint
 from core.runtime import UserError
 from pretrain.objective import Objective
 from pretrain.train import TrainingStopped, cli, main
-from tests.conftest import tiny_config, tiny_overrides
+from tests.conftest import one_error_line, tiny_config, tiny_overrides
 
 
 def _cli_error(capsys, overrides) -> str:
-    with pytest.raises(SystemExit) as exc:
-        cli(overrides)
-    assert exc.value.code == 2
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    errors = [line for line in err.splitlines() if line.startswith("error: ")]
-    assert len(errors) == 1 and err.rstrip().endswith(errors[0])  # one message, the last thing printed
-    return errors[0]
+    return one_error_line(capsys, lambda: cli(overrides))
 
 
 def test_missing_and_empty_data_dir(tmp_path, capsys):
