@@ -54,7 +54,10 @@ def loop_images_per_s(cfg, out_dir: Path) -> tuple[float, float]:
 
 
 def run(arch: str = "resnet18", steps: int = 12) -> list[dict]:
-    torch.set_num_threads(2)
+    # One compute thread for both loops: the loop's DataLoader worker then has the second core to itself
+    # instead of taking cycles from the step (with 2 threads the loop measured 0.80 of the bare step,
+    # also at the previous commit: CPU contention, not loop overhead).
+    torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
         root = generate(Path(tmp) / "data", EmbeddedDataConfig(voc07_trainval=2, voc07_test=2, voc12_trainval=2,
                                                                coco_train=1, coco_val=1))
