@@ -235,10 +235,11 @@ def main(cfg: Config) -> Path:
                 logger.close()
                 preempt.restore()
                 return out_dir / LAST
-            if cfg.train.save_every_steps and global_step % cfg.train.save_every_steps == 0:
+            saved = bool(cfg.train.save_every_steps) and global_step % cfg.train.save_every_steps == 0
+            if saved:
                 save(out_dir / LAST, epoch, step + 1)
             if preempt.should_stop(dist.device):  # collective: every rank stops at this same step
-                if not (cfg.train.save_every_steps and global_step % cfg.train.save_every_steps == 0):
+                if not saved:
                     save(out_dir / LAST, epoch, step + 1)
                 logger.close()
                 preempt.exit(f"pretrain: preempted at epoch {epoch} step {step + 1}; saved {out_dir / LAST}")
