@@ -129,10 +129,17 @@ def knn_monitor(model: SimSiam, cfg: Config, dist, sets) -> float:
 
 
 def main(cfg: Config) -> Path:
+    preempt = PreemptionFlag().install()  # SIGTERM/SIGUSR1: save at the next step boundary, exit 75
+    try:
+        return train(cfg, preempt)
+    finally:  # also when the run stops on an error: in-process callers get their handlers back
+        preempt.restore()
+
+
+def train(cfg: Config, preempt: PreemptionFlag) -> Path:
     check_switches(cfg)  # a misspelt ablation variant fails before any work
     dist = init_distributed(cfg.device)
     out_dir = check_writable_dir(cfg.out_dir)
-    preempt = PreemptionFlag().install()  # SIGTERM/SIGUSR1: save at the next step boundary, exit 75
     if dist.is_main:  # half-written temp files of a run killed (-9) mid-save: never read, only in the way
         for stale in remove_stale_temp_files(out_dir, "checkpoint_*"):
             print(f"pretrain: removed {stale.name}, left by a run killed while saving")
@@ -233,7 +240,6 @@ def main(cfg: Config) -> Path:
                 if dist.is_main:
                     print(f"pretrain: stopped after {global_step} steps as asked (train.stop_after_steps)")
                 logger.close()
-                preempt.restore()
                 return out_dir / LAST
             saved = bool(cfg.train.save_every_steps) and global_step % cfg.train.save_every_steps == 0
             if saved:
@@ -279,7 +285,6 @@ def main(cfg: Config) -> Path:
         if preempt.should_stop(dist.device):  # e.g. during the kNN monitor: the epoch checkpoint is written
             logger.close()
             preempt.exit(f"pretrain: preempted after epoch {epoch + 1}; saved {out_dir / f'checkpoint_{epoch + 1:04d}.pth.tar'}")
-    preempt.restore()
     logger.close()
     if dist.is_main:
         (out_dir / "done").write_text(f"epochs {cfg.optim.epochs}\n")

@@ -1,6 +1,7 @@
 """Bad input gets one clear message, and nothing already written is lost."""
 
 import json
+import signal
 
 import pytest
 import torch
@@ -71,8 +72,10 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, tiny_folder, mo
         return (loss * float("nan") if calls["n"] == 6 else loss, *rest)
 
     monkeypatch.setattr(Objective, "__call__", loss_that_diverges)
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGUSR1)}
     with pytest.raises(TrainingStopped) as exc:
         main(tiny_config(out, tiny_folder))
+    assert {s: signal.getsignal(s) for s in handlers} == handlers  # the preemption handlers are given back
     msg = str(exc.value)
     assert "loss is nan at epoch 1 step 1" in msg and "checkpoint_0001.pth.tar" in msg
     assert not (out / "checkpoint_0002.pth.tar").exists()
