@@ -45,16 +45,23 @@ class GaussianBlur:
         return f"GaussianBlur(sigma={self.sigma})"
 
 
+# The official view's constants, shared by every data backend (pretrain/fast_data.py draws the same).
+JITTER = (0.4, 0.4, 0.4, 0.1)  # brightness, contrast, saturation, hue
+P_JITTER, P_GRAY, P_BLUR, P_FLIP = 0.8, 0.2, 0.5, 0.5
+BLUR_SIGMA = (0.1, 2.0)
+
+
 def simsiam_augmentation(size: int = 224, min_scale: float = 0.2, blur: bool = True) -> transforms.Compose:
     """The official SimSiam view (MoCo v2's): crop, colour jitter, grayscale, blur, flip, normalise."""
     ops = [
         transforms.RandomResizedCrop(size, scale=(min_scale, 1.0)),
-        transforms.RandomApply([transforms.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
-        transforms.RandomGrayscale(p=0.2),
+        transforms.RandomApply([transforms.ColorJitter(*JITTER)], p=P_JITTER),
+        transforms.RandomGrayscale(p=P_GRAY),
     ]
     if blur:  # off in the CIFAR recipe
-        ops.append(transforms.RandomApply([GaussianBlur((0.1, 2.0))], p=0.5))
-    ops += [transforms.RandomHorizontalFlip(), transforms.ToTensor(), transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+        ops.append(transforms.RandomApply([GaussianBlur(BLUR_SIGMA)], p=P_BLUR))
+    ops += [transforms.RandomHorizontalFlip(p=P_FLIP), transforms.ToTensor(),
+            transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
     return transforms.Compose(ops)
 
 
@@ -177,6 +184,11 @@ class TwoViewDataset(Dataset):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
+    def _reseed(self, index: int) -> None:
+        # Only the CPU generator drives the transforms; torch.manual_seed would also reseed every
+        # CUDA device (~100 us a call, 10% of a small image's augmentation).
+        torch.default_generator.manual_seed(sample_seed(self.seed, self.epoch, index))
+
     def __len__(self) -> int:
         return len(self.base)
 
@@ -185,9 +197,7 @@ class TwoViewDataset(Dataset):
         img = self.base.loader(path)
         if img is None:
             return None
-        # Only the CPU generator drives the transforms; torch.manual_seed would also reseed every
-        # CUDA device (~100 us a call, 10% of a small image's augmentation).
-        torch.default_generator.manual_seed(sample_seed(self.seed, self.epoch, index))
+        self._reseed(index)
         return tuple(self.transform(img) for _ in range(2 * self.pairs)), index
 
 

@@ -31,7 +31,18 @@ from torchvision import transforms
 from torchvision.transforms import functional as TF
 
 from core.runtime import UserError
-from pretrain.data import GaussianBlur, IMAGENET_MEAN, IMAGENET_STD, TwoViewDataset, sample_seed
+from pretrain.data import (
+    BLUR_SIGMA,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    JITTER,
+    P_BLUR,
+    P_FLIP,
+    P_GRAY,
+    P_JITTER,
+    GaussianBlur,
+    TwoViewDataset,
+)
 
 # Layout of the per-view parameter vector handed to the device (float32).
 PARAMS = ("jitter", "brightness", "contrast", "saturation", "hue", "order0", "order1", "order2", "order3",
@@ -51,9 +62,9 @@ class ViewSampler:
 
     def __init__(self, min_scale: float = 0.2, blur: bool = True):
         self.crop = transforms.RandomResizedCrop(1, scale=(min_scale, 1.0))
-        self.jitter = transforms.ColorJitter(0.4, 0.4, 0.4, 0.1)
-        self.blur = GaussianBlur((0.1, 2.0)) if blur else None
-        self.p_jitter, self.p_gray, self.p_blur, self.p_flip = 0.8, 0.2, 0.5, 0.5
+        self.jitter = transforms.ColorJitter(*JITTER)
+        self.blur = GaussianBlur(BLUR_SIGMA) if blur else None
+        self.p_jitter, self.p_gray, self.p_blur, self.p_flip = P_JITTER, P_GRAY, P_BLUR, P_FLIP
 
     def draw(self, width: int, height: int) -> tuple[tuple[int, int, int, int], list[float]]:
         """((top, left, h, w) crop box in the image's pixels, parameter vector in PARAMS order)."""
@@ -146,9 +157,6 @@ class FastTwoViewDataset(TwoViewDataset):
         if photometric not in ("device", "workers"):
             raise UserError(f"photometric={photometric!r}: expected device or workers")
         self.size, self.sampler, self.draft, self.photometric = size, ViewSampler(min_scale, blur), draft, photometric
-
-    def _reseed(self, index: int) -> None:
-        torch.default_generator.manual_seed(sample_seed(self.seed, self.epoch, index))
 
     def __getitem__(self, index: int):
         path, _ = self.base.samples[index]
