@@ -77,7 +77,6 @@ def run_variant(cmd_prefix: list, config: Path, overrides: list[str], out_dir: P
     """Run (or resume) one variant; returns its status: done, or why it did not finish."""
     if (out_dir / "done").exists():
         return "done"
-    load_config(config, overrides)  # a bad override fails here, once, with the config error
     out_dir.mkdir(parents=True, exist_ok=True)
     cmd = [str(c) for c in [*cmd_prefix, "--config", config, *overrides]]
     print(f"[study] $ {' '.join(cmd)}", flush=True)
