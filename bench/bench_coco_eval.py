@@ -104,7 +104,7 @@ def detection_step_times(iters: int) -> None:
     import torch
     from detectron2.utils.events import EventStorage
 
-    from core.embedded_data import EmbeddedDataConfig, generate
+    from embedded.generator import EmbeddedDataConfig, generate
     from transfer.convert import convert
     from transfer.train_det import Trainer, parse_args, setup
 

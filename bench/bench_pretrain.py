@@ -19,11 +19,11 @@ import torch
 
 from bench.table import report
 from core.config import load_config
-from core.embedded_data import EmbeddedDataConfig, generate
+from embedded.generator import EmbeddedDataConfig, generate
 from core.models import SimSiam
 from pretrain.loss import simsiam_loss
 from pretrain.schedule import scaled_lr
-from pretrain.train import build_optimizer, main
+from pretrain.loop import build_optimizer, main
 
 REPO = Path(__file__).resolve().parent.parent
 

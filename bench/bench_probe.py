@@ -18,7 +18,7 @@ from pathlib import Path
 from bench.table import report
 from core.checkpoint import epoch_checkpoints
 from core.config import load_config
-from core.embedded_data import generate
+from embedded.generator import generate
 from eval import fast_probe, linear
 
 REPO = Path(__file__).resolve().parent.parent
@@ -26,7 +26,7 @@ TIME_GOAL, GAP_GOAL = 20.0, 1.0
 
 
 def pretrained_checkpoint(work: Path, data: Path, arch: str, epochs: int) -> Path:
-    from pretrain.train import main as pretrain
+    from pretrain.loop import main as pretrain
 
     out = work / "pretrain"
     cfg = load_config(REPO / "pretrain" / "configs" / "embedded_cpu.yaml",

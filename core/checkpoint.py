@@ -23,6 +23,7 @@ from typing import BinaryIO, Callable
 
 import torch
 
+from core.cli import UserError
 from core.models import build_backbone
 
 RANDOM = "random"
@@ -31,7 +32,7 @@ _PREFIXES = (("module.encoder.", "simsiam"), ("module.encoder_q.", "moco"), ("en
 _CKPT_RE = re.compile(r"checkpoint_(\d{4,})\.pth\.tar$")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError):
     """A checkpoint that cannot be used; the message names the file, the problem and the fix."""
 
 

@@ -15,8 +15,10 @@ from typing import Any, Iterable
 
 import yaml
 
+from core.cli import UserError
 
-class ConfigError(ValueError):
+
+class ConfigError(UserError):
     """A config file or override that cannot be used; the message says why and how to fix it."""
 
 

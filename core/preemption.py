@@ -7,7 +7,7 @@ loop calls `should_stop()` after its step (and after its save logic), writes its
 checkpoint and raises `Preempted`, which exits with REQUEUE_EXIT.
 
 REQUEUE_EXIT is 75 (EX_TEMPFAIL in sysexits.h: "try again later"): distinct from success (0), a bad
-input (2, core.runtime.run_cli) and a crash (1, or 128+N for a signal death), so a launcher can requeue
+input (2, core.cli.run) and a crash (1, or 128+N for a signal death), so a launcher can requeue
 on exactly this code (pretrain/run.sh and pipeline/run.py pass it on; pipeline/slurm.py turns it into
 submitit's requeue).
 

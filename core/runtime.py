@@ -1,4 +1,4 @@
-"""Run bookkeeping shared by the stages: seeding, provenance, metrics files, user-facing errors."""
+"""Run bookkeeping shared by the stages: seeding, provenance, metrics files."""
 
 from __future__ import annotations
 
@@ -7,16 +7,13 @@ import json
 import os
 import random
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
-
-class UserError(Exception):
-    """Bad input from the user: printed as one line by the entry points, without a traceback."""
+from core.cli import UserError
 
 
 def seed_everything(seed: int) -> None:
@@ -101,19 +98,3 @@ class MetricsLogger:
     def close(self) -> None:
         if self.tb is not None:
             self.tb.close()
-
-
-def run_cli(main, *args) -> None:
-    """Call `main(*args)`; a UserError (or ValueError subclass of ours) becomes one line on stderr, exit 2."""
-    from core.checkpoint import CheckpointError
-    from core.config import ConfigError
-
-    try:
-        main(*args)
-    except (UserError, ConfigError, CheckpointError) as e:
-        msg = str(e).strip()
-        # Errors raised in DataLoader workers arrive wrapped with the worker's traceback: keep the last line.
-        if "Original Traceback" in msg:
-            msg = msg.splitlines()[-1].split(": ", 1)[-1]
-        print(f"error: {msg}", file=sys.stderr)
-        sys.exit(2)

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 
 from core.config import Config, load_config
-from core.runtime import run_cli
+from core.cli import run
 
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "defaults.yaml"
 
@@ -45,4 +45,4 @@ def build_config(args: argparse.Namespace) -> Config:
 def cli(main, description: str, argv=None) -> None:
     """Parse, build the config, run main(cfg); bad input ends as one line on stderr (exit 2)."""
     args = parse_args(description, argv)
-    run_cli(lambda: main(build_config(args)))
+    run(lambda: main(build_config(args)))

@@ -14,7 +14,8 @@ from core.checkpoint import RANDOM, load_backbone
 from core.config import Config, dump_config
 from core.distributed import init_distributed
 from core.models import ARCHS, feature_dim
-from core.runtime import UserError, check_writable_dir, file_sha256, git_revision, seed_everything
+from core.cli import UserError
+from core.runtime import check_writable_dir, file_sha256, git_revision, seed_everything
 from eval.feature_cache import LAYER, SeededView, cached_features
 from pretrain.data import IMAGENET_MEAN, IMAGENET_STD, eval_transform, image_folder
 

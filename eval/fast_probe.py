@@ -18,7 +18,7 @@ import torch
 
 from core.config import Config
 from core.knn import topk_accuracy
-from core.runtime import UserError
+from core.cli import UserError
 from eval import logistic
 from eval.cli import cli
 from eval.context import EvalContext

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from core.config import Config
 from core.knn import knn_accuracy
-from core.runtime import UserError
+from core.cli import UserError
 from eval.cli import cli
 from eval.context import EvalContext
 

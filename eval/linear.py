@@ -33,7 +33,8 @@ from core.features import Pool5
 from core.knn import topk_accuracy
 from core.lars import LARS
 from core.preemption import PreemptionFlag
-from core.runtime import MetricsLogger, UserError
+from core.cli import UserError
+from core.runtime import MetricsLogger
 from eval.cli import cli
 from eval.context import EvalContext, train_augmentation
 from eval.feature_cache import SeededView

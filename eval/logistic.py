@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from core.runtime import UserError
+from core.cli import UserError
 
 
 @dataclass

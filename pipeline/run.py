@@ -25,7 +25,8 @@ from pathlib import Path
 from core.checkpoint import epoch_checkpoints
 from core.config import Config, dump_config, load_config
 from core.preemption import REQUEUE_EXIT, Preempted, preemption_signals, wait_forwarding
-from core.runtime import UserError, file_sha256, git_revision, run_cli
+from core.cli import UserError, run
+from core.runtime import file_sha256, git_revision
 
 REPO = Path(__file__).resolve().parent.parent
 STAGES = ("data", "pretrain", "eval", "voc", "coco", "report")
@@ -128,7 +129,7 @@ class Pipeline:
     # ------------------------------------------------------------------ stages
     def stage_data(self) -> None:
         if self.cfg.generate_embedded:
-            self._sh(sys.executable, "-m", "core.embedded_data", "--out", self.data_root, stage="data")
+            self._sh(sys.executable, "-m", "embedded", "--out", self.data_root, stage="data")
         elif not self.data_root.is_dir():
             raise UserError(f"data_root {self.data_root} does not exist; point data_root at your datasets "
                             "or set generate_embedded=true")
@@ -213,7 +214,7 @@ def cli(argv=None) -> None:
     group.add_argument("--only", help="run just this stage")
     p.add_argument("overrides", nargs="*", help="dotted.key=value, e.g. detection.trials=5")
     args = p.parse_args(argv)
-    run_cli(lambda: main(load_config(args.config, args.overrides), args.start, args.only))
+    run(lambda: main(load_config(args.config, args.overrides), args.start, args.only))
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ import yaml
 
 from core.config import ConfigError, load_config
 from core.distributed import DistInfo
-from core.runtime import UserError, run_cli
+from core.cli import UserError, run
 from pipeline.report import fmt, plt, read_jsonl, save_plot, table
 from pipeline.run import REPO, pretrain_command
 
@@ -100,7 +100,7 @@ def random_init_knn(config: Path, overrides: list[str], out: Path) -> float | No
     import torch
 
     from pretrain.data import eval_transform
-    from pretrain.train import build_model, knn_monitor, knn_sets
+    from pretrain.loop import build_model, knn_monitor, knn_sets
 
     cfg = load_config(config, overrides)
     sets = knn_sets(cfg, eval_transform(cfg.data.crop_size))
@@ -240,7 +240,7 @@ def cli(argv=None) -> None:
     p.add_argument("--nproc-per-node", type=int, default=1, help="processes per variant (DDP through pretrain/run.sh)")
     p.add_argument("overrides", nargs="*", help="dotted.key=value applied to every variant, e.g. optim.epochs=20")
     a = p.parse_args(argv)
-    run_cli(lambda: main(a.studies, a.out.resolve(), a.config.resolve(), a.overrides, a.nproc_per_node))
+    run(lambda: main(a.studies, a.out.resolve(), a.config.resolve(), a.overrides, a.nproc_per_node))
 
 
 if __name__ == "__main__":

@@ -19,12 +19,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-from core.runtime import UserError
+from core.cli import UserError
 from pretrain.fast_data import FastTwoViewDataset, ViewBatch
 
 
 class DaliLoader:
-    """An iterable with the DataLoader's interface for pretrain.train: yields (x1, x2, skipped, index)."""
+    """An iterable with the DataLoader's interface for pretrain.loop: yields (x1, x2, skipped, index)."""
 
     def __init__(self, dataset: FastTwoViewDataset, sampler, batch_size: int, device: torch.device, threads: int = 4):
         from nvidia.dali import fn, pipeline_def, types

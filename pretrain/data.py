@@ -20,7 +20,7 @@ from torch.utils.data.distributed import DistributedSampler
 from torchvision import datasets, transforms
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
-from core.runtime import UserError
+from core.cli import UserError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -30,7 +30,7 @@ from PIL import Image, ImageFilter
 from torchvision import transforms
 from torchvision.transforms import functional as TF
 
-from core.runtime import UserError
+from core.cli import UserError
 from pretrain.data import (
     BLUR_SIGMA,
     IMAGENET_MEAN,
@@ -215,7 +215,7 @@ def check_backend(backend: str) -> None:
 
 
 def fast_two_view_data(base, cfg, device: torch.device, pairs: int = 1):
-    """(dataset, collate_fn, augment) of the fast and dali backends for pretrain.train; augment is None when
+    """(dataset, collate_fn, augment) of the fast and dali backends for pretrain.loop; augment is None when
     the photometric ops run in the workers (then the loader yields finished views, as the official one)."""
     check_backend(cfg.data.backend)
     if cfg.data.backend == "dali":  # DALI yields crops on the device; the photometric ops follow there

@@ -10,7 +10,7 @@ target from the same forward pass. The switches change one ingredient each:
   loss.target          online: z of this step | kstep: z from a copy of the encoder refreshed every
                        loss.kstep steps | moving_average: a per-image moving average of z (section 5)
 
-The predictor and BN switches live in the model (core.models), the optimizer ones in pretrain.train.
+The predictor and BN switches live in the model (core.models), the optimizer ones in pretrain.loop.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python}
 
 if [ $# -eq 0 ]; then
-    "$PY" -m core.embedded_data --out data/embedded
+    "$PY" -m embedded --out data/embedded
     exec "$PY" -m pretrain.train --config pretrain/configs/embedded_cpu.yaml
 fi
 

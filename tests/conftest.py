@@ -43,7 +43,7 @@ def tiny_folder(tmp_path) -> Path:
 @pytest.fixture(scope="session")
 def embedded_imagefolder(tmp_path_factory) -> Path:
     """The embedded generator's classification split (imagefolder/{train,val}: 10 classes, 50 + 20 each)."""
-    from core.embedded_data import EmbeddedDataConfig, generate
+    from embedded.generator import EmbeddedDataConfig, generate
 
     cfg = EmbeddedDataConfig(voc07_trainval=2, voc07_test=2, voc12_trainval=2, coco_train=1, coco_val=1)
     return generate(tmp_path_factory.mktemp("embedded"), cfg) / "imagefolder"

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 from scipy.ndimage import binary_dilation
 
-from core.embedded_data import (
+from embedded.generator import (
     CLASS_NAMES,
     EmbeddedDataConfig,
     classification_scene,

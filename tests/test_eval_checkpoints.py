@@ -17,7 +17,7 @@ def setup(tmp_path_factory):
     torch.manual_seed(0)
     backbone = build_backbone("resnet50", zero_init_residual=False).state_dict()
     backbone = {k: v for k, v in backbone.items() if not k.startswith("fc.")}
-    # ours: a real SimSiam (small heads) carrying the backbone, saved the way pretrain/train.py does
+    # ours: a real SimSiam (small heads) carrying the backbone, saved the way pretrain/loop.py does
     model = SimSiam("resnet50", dim=64, pred_dim=16)
     model.encoder.load_state_dict(backbone, strict=False)
     sd = {f"module.{k}": v for k, v in model.state_dict().items()}

@@ -91,7 +91,7 @@ def test_l2_is_chosen_without_val(tmp_path, monkeypatch):
 
 
 def test_bad_settings_are_user_errors():
-    from core.runtime import UserError
+    from core.cli import UserError
     for override in ("fast_probe.l2_grid=[]", "fast_probe.holdout_fraction=1.0", "fast_probe.aug_views=-1"):
         with pytest.raises(UserError):
             fast_probe._validate(load_config(EVAL_DEFAULTS, [override]))

@@ -9,7 +9,7 @@ from sklearn.neighbors import NearestNeighbors
 
 from core.knn import knn_scores, topk_accuracy
 from eval.knn import parse_grid
-from core.runtime import UserError
+from core.cli import UserError
 
 # Query q = (1, 0). Bank (unit vectors) and cosine similarities to q:
 #   a = (1, 0)     label 0, sim 1.0

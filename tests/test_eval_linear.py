@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from core.checkpoint import load_backbone_state
-from core.runtime import UserError
+from core.cli import UserError
 from eval import linear
 from eval.linear import CHECKPOINT, BackboneChangedError, FrozenBackboneClassifier
 from tests.test_eval_support import eval_config, torchvision_checkpoint, toy_splits

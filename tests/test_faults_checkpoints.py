@@ -10,7 +10,7 @@ import torch
 
 from core.checkpoint import CheckpointError, load_backbone_state
 from core.models import build_backbone
-from pretrain.train import LAST, main
+from pretrain.loop import LAST, main
 from tests.conftest import tiny_config
 from transfer.convert import convert, read_d2_weights
 
@@ -104,7 +104,7 @@ def test_detectron2_pkl_with_code_or_truncated_is_refused(tmp_path):
         read_d2_weights(evil)
     with pytest.raises(CheckpointError, match=str(evil)):  # the reader detectron2's loading goes through here
         SafeCheckpointer(torch.nn.Linear(1, 1), save_to_disk=False)._load_file(str(evil))
-    from core.runtime import UserError
+    from core.cli import UserError
 
     with pytest.raises(UserError, match=str(evil)):  # the trainer's checked load of MODEL.WEIGHTS
         load_pretrained(torch.nn.Linear(1, 1), str(evil))

@@ -6,8 +6,8 @@ import shutil
 
 import pytest
 
-from core.embedded_data import EmbeddedDataConfig, generate
-from core.runtime import UserError
+from embedded.generator import EmbeddedDataConfig, generate
+from core.cli import UserError
 from transfer import datasets
 
 DATA = EmbeddedDataConfig(seed=0, cls_train_per_class=1, cls_val_per_class=1, voc07_trainval=3, voc07_test=2,

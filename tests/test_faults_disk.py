@@ -7,7 +7,8 @@ import pytest
 
 import core.checkpoint as ckpt_mod
 from core.checkpoint import read_checkpoint
-from pretrain.train import LAST, cli
+from pretrain.loop import LAST
+from pretrain.train import cli
 from tests.conftest import one_error_line, tiny_overrides
 
 

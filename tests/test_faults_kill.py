@@ -1,7 +1,7 @@
 """kill -9 in the middle of writing a checkpoint loses only the work since the previous checkpoint."""
 
 from core.checkpoint import read_checkpoint
-from pretrain.train import LAST, main
+from pretrain.loop import LAST, main
 from tests.conftest import tiny_config
 from tests.faults import assert_same_weights, start, train_cmd
 

@@ -9,7 +9,7 @@ import torch
 
 from core.checkpoint import read_checkpoint
 from core.preemption import REQUEUE_EXIT, Preempted, PreemptionFlag
-from pretrain.train import LAST, main
+from pretrain.loop import LAST, main
 from tests.conftest import tiny_config
 from tests.faults import assert_same_weights, start, train_cmd
 
@@ -209,7 +209,7 @@ def test_detection_fine_tuning_stops_on_signal_and_resumes(tmp_path, monkeypatch
     exit 75; --resume continues at iteration 2 and finishes with its evaluation."""
     import json
 
-    from core.embedded_data import EmbeddedDataConfig, generate
+    from embedded.generator import EmbeddedDataConfig, generate
     from transfer import train_det
     from transfer.convert import convert
 

@@ -4,7 +4,7 @@ checkpoint (2 gloo processes), and it ends with the weights of an uninterrupted 
 import subprocess
 
 from core.checkpoint import read_checkpoint
-from pretrain.train import LAST
+from pretrain.loop import LAST
 from tests.conftest import PRETRAIN_DEFAULTS, REPO, tiny_overrides
 from tests.faults import assert_same_weights, fault_env
 

@@ -14,7 +14,7 @@ import torch
 
 from core.checkpoint import read_checkpoint
 from core.config import load_config
-from core.embedded_data import EmbeddedDataConfig, generate
+from embedded.generator import EmbeddedDataConfig, generate
 from core.runtime import file_sha256
 from pipeline.run import STAGES, dataset_fingerprint, main
 from tests.conftest import REPO

@@ -1,5 +1,5 @@
 """pipeline.report on a fake run directory whose files are shaped like the real stage writers' output
-(pretrain/train.py, eval/all.py + knn/linear/fast_probe, transfer/train_det.py + trials.py)."""
+(pretrain/loop.py, eval/all.py + knn/linear/fast_probe, transfer/train_det.py + trials.py)."""
 
 from __future__ import annotations
 

@@ -10,7 +10,7 @@ import torch
 
 from core.checkpoint import read_checkpoint
 from pipeline import slurm
-from pretrain.train import LAST, main
+from pretrain.loop import LAST, main
 from tests.conftest import PRETRAIN_DEFAULTS, tiny_config, tiny_overrides
 
 RUN = {"optim.epochs": 6, "train.save_every_steps": 1}

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from core.runtime import UserError
+from core.cli import UserError
 from pipeline.run import pretrain_command
 from pipeline.study import DEFAULT_CONFIG, choose, load_studies, main, run_variant, variant_overrides
 

@@ -13,7 +13,7 @@ from core.models import HEAD_BN, SimSiam
 from pretrain.data import TwoViewDataset, collate_skipping, image_folder, simsiam_augmentation
 from pretrain.loss import cross_entropy_similarity, simsiam_loss
 from pretrain.objective import Objective, check_switches
-from pretrain.train import build_model, build_optimizer, main
+from pretrain.loop import build_model, build_optimizer, main
 from tests.conftest import PRETRAIN_DEFAULTS, tiny_config
 
 D, B = 16, 6  # output dim and batch of the stub tensors

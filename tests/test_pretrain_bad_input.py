@@ -7,9 +7,10 @@ import pytest
 import torch
 
 from core.checkpoint import read_checkpoint
-from core.runtime import UserError
+from core.cli import UserError
 from pretrain.objective import Objective
-from pretrain.train import TrainingStopped, cli, main
+from pretrain.loop import TrainingStopped, main
+from pretrain.train import cli
 from tests.conftest import one_error_line, tiny_config, tiny_overrides
 
 

@@ -4,7 +4,7 @@ import torch
 import torchvision
 
 from core.checkpoint import epoch_checkpoints, read_checkpoint
-from pretrain.train import LAST, main
+from pretrain.loop import LAST, main
 from tests.conftest import tiny_config
 
 

@@ -8,7 +8,7 @@ import sys
 import torch
 
 from core.checkpoint import read_checkpoint
-from pretrain.train import LAST, main
+from pretrain.loop import LAST, main
 from tests.conftest import REPO, tiny_config, tiny_overrides
 
 

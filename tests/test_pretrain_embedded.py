@@ -10,7 +10,7 @@ from core.checkpoint import load_backbone
 from core.features import extract_features
 from core.knn import knn_accuracy
 from pretrain.data import eval_transform, image_folder
-from pretrain.train import main
+from pretrain.loop import main
 from tests.conftest import tiny_config
 
 K, T = 200, 0.2  # the official SimSiam monitor

@@ -8,12 +8,12 @@ from PIL import Image
 
 from bench.photos import write_photo_folder
 from core.checkpoint import read_checkpoint
-from core.runtime import UserError
+from core.cli import UserError
 from pretrain.batch_augment import BatchAugment, reference_view
 from pretrain.data import BadImageError, TwoViewDataset, image_folder, load_rgb, sample_seed, simsiam_augmentation
 from pretrain.fast_data import (P, PARAMS, FastTwoViewDataset, ViewBatch, collate_views, crop_resize, draft_scale,
                                 official_view)
-from pretrain.train import LAST, main
+from pretrain.loop import LAST, main
 from tests.conftest import tiny_config
 
 

@@ -10,7 +10,7 @@ from core.config import ConfigError, load_config
 from core.models import SimSiam, build_backbone
 from pretrain.loss import negative_cosine, output_std, simsiam_loss
 from pretrain.schedule import cosine_lr, scaled_lr, set_lr
-from pretrain.train import build_optimizer
+from pretrain.loop import build_optimizer
 from tests.conftest import PRETRAIN_DEFAULTS, REPO
 
 

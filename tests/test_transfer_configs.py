@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from detectron2.config import get_cfg
 
-from core.runtime import UserError
+from core.cli import UserError
 from transfer.d2_model import CONFIG_DIR, load_cfg
 
 # Shared by every job (MoCo's Base-RCNN-C4-BN + the torchvision-weights overlay) and detectron2

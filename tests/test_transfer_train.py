@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from core.embedded_data import CLASS_NAMES, EmbeddedDataConfig, generate
-from core.runtime import UserError
+from embedded.generator import CLASS_NAMES, EmbeddedDataConfig, generate
+from core.cli import UserError
 from transfer.convert import convert
 from transfer.datasets import EXPECTED_LAYOUT
 from transfer.train_det import RESULTS_FILE, SUMMARY_FILE, main, parse_args
@@ -109,7 +109,7 @@ def test_mask_rcnn_c4_on_embedded_coco(tmp_path, data_root, weights):
 
 
 def _error(argv: list[str]) -> str:
-    """The UserError main() raises; run_cli prints it as one line (checked through the CLI below)."""
+    """The UserError main() raises; core.cli.run prints it as one line (checked through the CLI below)."""
     with pytest.raises(UserError) as exc:
         main(parse_args(argv))
     message = str(exc.value)

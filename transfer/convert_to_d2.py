@@ -17,7 +17,7 @@ import sys
 if __package__ in (None, ""):
     sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent.parent))
 
-from core.runtime import run_cli  # noqa: E402
+from core.cli import run  # noqa: E402
 from transfer.convert import convert  # noqa: E402
 
 DEFAULT_CONFIG = "pascal_voc_R_50_C4_24k.yaml"
@@ -59,7 +59,7 @@ def cli(argv=None) -> None:
         nonlocal ok
         ok = main(args)
 
-    run_cli(_run, parse_args(argv))
+    run(_run, parse_args(argv))
     sys.exit(0 if ok else 1)
 
 

@@ -15,7 +15,7 @@ from detectron2.layers import get_norm
 from detectron2.modeling import ROI_HEADS_REGISTRY, build_model
 from detectron2.modeling.roi_heads import Res5ROIHeads
 
-from core.runtime import UserError
+from core.cli import UserError
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "detectron_configs"
 EXTRA_NORM = "norm"  # the module name of the added layer inside roi_heads.res5

@@ -23,9 +23,9 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import register_coco_instances, register_pascal_voc
 from detectron2.data.datasets.pascal_voc import CLASS_NAMES as VOC_CLASS_NAMES
 
-from core.embedded_data import CLASS_NAMES as EMBEDDED_CLASS_NAMES
-from core.embedded_data import MARKER_NAME
-from core.runtime import UserError
+from embedded.generator import CLASS_NAMES as EMBEDDED_CLASS_NAMES
+from embedded.generator import MARKER_NAME
+from core.cli import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ EXPECTED_LAYOUT = (  # one line: errors are printed as one line
     "VOCdevkit/VOC2012/{Annotations/*.xml, ImageSets/Main/trainval.txt, JPEGImages/*.jpg}; "
     "coco/annotations/instances_{train,val}2017.json with coco/{train,val}2017/*.jpg "
     "(set the root with --data-root or $DETECTRON2_DATASETS; "
-    "`python -m core.embedded_data --out DIR` writes a small synthetic one)"
+    "`python -m embedded --out DIR` writes a small synthetic one)"
 )
 # What detectron2's VOC loader and evaluator read from every object.
 _VOC_OBJECT_FIELDS = ("name", "pose", "truncated", "difficult", "bndbox/xmin", "bndbox/ymin", "bndbox/xmax", "bndbox/ymax")

@@ -35,7 +35,7 @@ from detectron2.utils.logger import setup_logger  # noqa: E402
 from torch.nn.parallel import DistributedDataParallel  # noqa: E402
 
 from core.preemption import REQUEUE_EXIT, PreemptionFlag  # noqa: E402
-from core.runtime import UserError, run_cli  # noqa: E402
+from core.cli import UserError, run  # noqa: E402
 from transfer import datasets  # noqa: E402
 from transfer.coco_eval import BACKENDS, BackendCOCOEvaluator  # noqa: E402
 from transfer.d2_model import load_cfg, resolve_config_path  # noqa: E402  (registers Res5ROIHeadsExtraNorm)
@@ -234,7 +234,7 @@ def main(args) -> dict:
 def cli(argv=None) -> None:
     args = parse_args(argv)
     try:
-        run_cli(lambda a: launch(main, a.num_gpus, num_machines=a.num_machines, machine_rank=a.machine_rank,
+        run(lambda a: launch(main, a.num_gpus, num_machines=a.num_machines, machine_rank=a.machine_rank,
                                  dist_url=a.dist_url, args=(a,)), args)
     except torch.multiprocessing.ProcessExitedException as e:  # multi-GPU: launch's worker processes
         if e.exit_code == REQUEUE_EXIT:  # preempted workers saved; pass the requeue code on

@@ -17,7 +17,7 @@ the COCO pixel convention (pixel ``i`` covers ``[i, i+1)``), so the written poly
 Every image draws from its own RNG seeded by ``(seed, split, index)``: output is byte-identical for
 the same config, and any part can be regenerated independently.
 
-CLI: ``python -m core.embedded_data --out DIR [--seed N] [--cls-image-size N] ...``
+CLI: ``python -m embedded --out DIR [--seed N] [--cls-image-size N] ...``
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
-from core.runtime import UserError, run_cli
+from core.cli import UserError, run
 
 FORMAT_VERSION = 3  # bump whenever the generated content changes: stale data dirs are then refused
 MARKER_NAME = "embedded_data.json"
@@ -402,7 +402,7 @@ def _voc_xml(year: str, file_id: str, width: int, height: int, objects: list[Pla
     source = sub(annotation, "source")
     sub(source, "database", f"The VOC{year} Database")
     sub(source, "annotation", f"PASCAL VOC{year}")
-    sub(source, "image", "core.embedded_data")
+    sub(source, "image", "embedded.generator")
     size = sub(annotation, "size")
     sub(size, "width", width)
     sub(size, "height", height)
@@ -474,10 +474,10 @@ def _write_coco_split(root: Path, cfg: EmbeddedDataConfig, split: str, count: in
             annotations.append(_coco_annotation(obj, len(annotations) + 1, image_id))
     dataset = {
         "info": {
-            "description": "Embedded synthetic shapes (core.embedded_data)",
+            "description": "Embedded synthetic shapes (embedded.generator)",
             "version": str(FORMAT_VERSION),
             "year": 2017,
-            "contributor": "core.embedded_data",
+            "contributor": "embedded.generator",
         },
         "licenses": [{"id": 1, "name": "Synthetic data", "url": ""}],
         "images": images,
@@ -584,7 +584,7 @@ def _generate_and_describe(argv: list[str] | None) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    run_cli(_generate_and_describe, argv)
+    run(_generate_and_describe, argv)
 
 
 if __name__ == "__main__":

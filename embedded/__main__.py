@@ -1,0 +1,3 @@
+from embedded.generator import main
+
+main()
