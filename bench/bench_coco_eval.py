@@ -106,7 +106,8 @@ def detection_step_times(iters: int) -> None:
 
     from embedded.generator import EmbeddedDataConfig, generate
     from transfer.convert import convert
-    from transfer.train_det import Trainer, parse_args, setup
+    from transfer.train_det import parse_args
+    from transfer.trainer import Trainer, setup
 
     with tempfile.TemporaryDirectory() as tmp:
         root = generate(Path(tmp) / "data", EmbeddedDataConfig(cls_train_per_class=1, cls_val_per_class=1,

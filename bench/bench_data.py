@@ -23,8 +23,9 @@ import torch
 
 from bench.photos import write_photo_folder
 from bench.table import report
+from core.images import image_folder, load_rgb
 from pretrain.batch_augment import BatchAugment
-from pretrain.data import image_folder, load_rgb, simsiam_augmentation
+from pretrain.data import simsiam_augmentation
 from pretrain.fast_data import FastTwoViewDataset, collate_views
 
 WORKER_GOAL, CPU_RUN_GOAL = 3.0, 0.95

@@ -21,8 +21,8 @@ from bench.table import report
 from core.config import load_config
 from embedded.generator import EmbeddedDataConfig, generate
 from core.models import SimSiam
+from core.schedule import scaled_lr
 from pretrain.loss import simsiam_loss
-from pretrain.schedule import scaled_lr
 from pretrain.loop import build_optimizer, main
 
 REPO = Path(__file__).resolve().parent.parent

@@ -42,7 +42,7 @@ def run(dry: bool | None = None) -> list[dict]:
     py = sys.executable
     with tempfile.TemporaryDirectory() as tmp:
         demo = [py, "-m", "pipeline.run", "--config", "pipeline/configs/demo.yaml",
-                f"run_dir={tmp}/demo", f"data_root={tmp}/data"] + (["--only", "data"] if dry else [])
+                f"out_dir={tmp}/demo", f"data_root={tmp}/data"] + (["--only", "data"] if dry else [])
         demo_s, demo_ok = _timed(demo, "demo chain" + (" (dry: data stage only)" if dry else ""))
     tests = [py, "-m", "pytest", "-q", "-p", "no:cacheprovider"] + (
         ["tests/test_pretrain_fast_data_distribution.py"] if dry else [])

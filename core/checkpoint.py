@@ -1,4 +1,5 @@
-"""Checkpoint I/O: atomic writes, weights-only reads, and the one backbone loader every stage uses.
+"""Checkpoint reads (weights-only) and the one backbone loader every stage uses; checkpoints are
+written by core.files.save_atomic, the writer of every file.
 
 The loader accepts, and says which it found:
   simsiam      ours or the official SimSiam checkpoints: `state_dict` with `module.encoder.*`
@@ -11,113 +12,21 @@ shapes against the architecture explicitly, and refuses partial or non-finite we
 
 from __future__ import annotations
 
-import errno
-import os
 import re
-import signal
-import tempfile
-import threading
-from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO, Callable
 
 import torch
 
 from core.cli import UserError
-from core.models import build_backbone
+from core.models import ARCHS, build_backbone
 
 RANDOM = "random"
-_DEFERRED_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2}
 _PREFIXES = (("module.encoder.", "simsiam"), ("module.encoder_q.", "moco"), ("encoder.", "simsiam"))
 _CKPT_RE = re.compile(r"checkpoint_(\d{4,})\.pth\.tar$")
 
 
 class CheckpointError(UserError):
     """A checkpoint that cannot be used; the message names the file, the problem and the fix."""
-
-
-@contextmanager
-def signals_deferred():
-    """Hold interrupt/preemption signals until the block ends, then deliver them in order.
-
-    A handler that exits (SLURM's requeue, Ctrl-C) must not fire inside torch.save, whose zip writer
-    then fails. Swapping the Python-level handlers also catches a signal that arrived just before
-    the block but whose handler had not run yet. Only the main thread can install handlers."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    caught: list[int] = []
-    previous = {s: signal.signal(s, lambda signum, frame: caught.append(signum)) for s in _DEFERRED_SIGNALS}
-    try:
-        yield
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler if handler is not None else signal.SIG_DFL)
-        for s in caught:
-            signal.raise_signal(s)
-
-
-class _RecordingFile:
-    """The file handed to write(): keeps the OSError of a failed write. torch's zip writer swallows it
-    and reports only "unexpected pos ..." (a full disk would otherwise read as a torch bug)."""
-
-    def __init__(self, f: BinaryIO):
-        self.f, self.error = f, None
-
-    def write(self, data) -> int:
-        try:
-            return self.f.write(data)
-        except OSError as e:
-            self.error = self.error or e
-            raise
-
-    def flush(self) -> None:
-        self.f.flush()
-
-
-def write_atomic(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
-    """write(f) into a temp file in the same dir, fsync, then rename: a crash never leaves half a
-    file, and a preemption signal waits until the file is complete. A failed write (disk full,
-    quota, read-only or vanished dir) removes the temp file and raises one CheckpointError; the
-    file at `path`, if any, is untouched."""
-    path = Path(path)
-    tmp, out = None, None
-    with signals_deferred():
-        try:
-            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-            with os.fdopen(fd, "wb") as f:
-                out = _RecordingFile(f)
-                write(out)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException as e:
-            if tmp is not None:
-                Path(tmp).unlink(missing_ok=True)
-            cause = e if isinstance(e, OSError) else (out.error if out is not None else None)
-            if cause is None:
-                raise
-            code = errno.errorcode.get(cause.errno, "") if cause.errno else ""
-            raise CheckpointError(
-                f"cannot write {path}: {cause.strerror or cause}{f' ({code})' if code else ''}; nothing was "
-                "replaced, so the previous checkpoint there is intact. Free space or choose another out_dir, "
-                "then re-run to resume"
-            ) from None
-
-
-def remove_stale_temp_files(folder: str | Path, name_glob: str = "*") -> list[Path]:
-    """Delete the temp files write_atomic leaves when a process is killed (-9) mid-write.
-
-    They hold half a checkpoint that nothing will ever read; call at start-up, from one process."""
-    stale = sorted(Path(folder).glob(f".{name_glob}.*.tmp"))
-    for p in stale:
-        p.unlink(missing_ok=True)
-    return stale
-
-
-def save_atomic(obj, path: str | Path) -> None:
-    """torch.save, atomically."""
-    write_atomic(path, lambda f: torch.save(obj, f))
 
 
 def epoch_checkpoints(out_dir: str | Path) -> list[Path]:
@@ -169,6 +78,19 @@ def backbone_state_from_checkpoint(obj: dict, source: str = "<dict>") -> tuple[d
     return {k: v for k, v in picked.items() if not k.startswith("fc.")}, kind
 
 
+def _arch_hint(state: dict, arch: str) -> str:
+    """'; it is a resnet18 backbone: pass --arch resnet18' when another known arch fits every tensor."""
+    shapes = {k: tuple(v.shape) for k, v in state.items()}
+    for other in ARCHS:
+        if other == arch:
+            continue
+        ref = {k: tuple(v.shape) for k, v in build_backbone(other).state_dict().items() if not k.startswith("fc.")}
+        required = {k for k in ref if not k.endswith("num_batches_tracked")}
+        if required <= shapes.keys() <= ref.keys() and all(ref[k] == shape for k, shape in shapes.items()):
+            return f"; it is a {other} backbone: pass --arch {other} (config key arch)"
+    return ""
+
+
 def check_backbone_state(state: dict, arch: str, source: str = "<dict>") -> None:
     """The state must cover exactly the backbone's tensors (minus fc) with the right shapes, all finite."""
     ref = {k: v for k, v in build_backbone(arch).state_dict().items() if not k.startswith("fc.")}
@@ -179,11 +101,12 @@ def check_backbone_state(state: dict, arch: str, source: str = "<dict>") -> None
         hint = "it may be another architecture" if len(missing) > 10 else "it is a partial or edited checkpoint"
         raise CheckpointError(
             f"{source} does not match a {arch} backbone ({hint}): "
-            f"{len(missing)} missing tensors {missing[:4]}, {len(extra)} unexpected {extra[:4]}"
+            f"{len(missing)} missing tensors {missing[:4]}, {len(extra)} unexpected {extra[:4]}{_arch_hint(state, arch)}"
         )
     for k, v in state.items():
         if v.shape != ref[k].shape:
-            raise CheckpointError(f"{source}: tensor {k} has shape {tuple(v.shape)}, a {arch} needs {tuple(ref[k].shape)}")
+            raise CheckpointError(f"{source}: tensor {k} has shape {tuple(v.shape)}, a {arch} needs "
+                                  f"{tuple(ref[k].shape)}{_arch_hint(state, arch)}")
         if v.is_floating_point() and not torch.isfinite(v).all():
             raise CheckpointError(f"{source}: tensor {k} holds NaN or inf; the run that wrote it diverged")
 

@@ -11,6 +11,8 @@
 * A user mistake (unknown key, missing file, value out of range, ...) is one line
   `error: <what is wrong>; <how to fix it>` on stderr and exit status 2: `run()` turns every
   UserError into that line, and argparse's own usage errors take the same form.
+* Something the user should know but that is not an error is one line `warning: ...` (`warn()`).
+* `--help` shows every option with its default (a flag's default is the default config's value).
 
 This module imports neither torch nor anything heavy, so `--help` answers at once: an entry module
 parses first and imports its stage's code after (see pretrain/train.py).
@@ -24,17 +26,19 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-
-class UserError(ValueError):
-    """Bad input from the user: printed as one line by run(), exit 2, no traceback.
-
-    ConfigError and CheckpointError derive from it, so every stage reports them the same way."""
+from core.config import load_yaml_with_bases
+from core.errors import UserError  # noqa: F401  (the stages import it from here, with run)
 
 
 def fail(message: str) -> None:
     """Print `error: message` as one line on stderr and exit 2."""
     print("error: " + " ".join(str(message).split()), file=sys.stderr, flush=True)
     sys.exit(2)
+
+
+def warn(message: str) -> None:
+    """Print `warning: message` as one line on stderr: something the user should know, not an error."""
+    print("warning: " + " ".join(str(message).split()), file=sys.stderr, flush=True)
 
 
 def run(main, *args):
@@ -79,11 +83,30 @@ def resolve_config(path: str | Path, presets: Path | None) -> Path:
                     f"{Path.cwd()}); give an existing YAML file or a preset name.{known}")
 
 
+def _config_defaults(default_config: str | Path | None, presets: Path | None) -> dict:
+    """The default config's values, to show beside the flags in --help (YAML only: still no torch)."""
+    try:
+        return load_yaml_with_bases(resolve_config(default_config, presets))
+    except (UserError, OSError):  # a missing default config is reported when the command runs, not in --help
+        return {}
+
+
+def _dotted(tree: dict, key: str):
+    for part in key.split("."):
+        if not isinstance(tree, dict) or part not in tree:
+            return None
+        tree = tree[part]
+    return tree
+
+
 class Command:
-    """The parser of one entry point: `--config`, its flags, `key=value` overrides, optional positionals."""
+    """The parser of one entry point: `--config`, its flags, `key=value` overrides, optional positionals.
+
+    `overrides=False` leaves out the `key=value` positional (an entry point without a config)."""
 
     def __init__(self, prog: str, description: str, default_config: str | Path | None = None,
-                 presets: Path | None = None, flags: tuple[Flag, ...] = (), epilog: str | None = None):
+                 presets: Path | None = None, flags: tuple[Flag, ...] = (), epilog: str | None = None,
+                 overrides: bool = True):
         self.prog, self.flags, self.presets = prog, flags, presets
         self.default_config = default_config
         self.parser = _Parser(prog=prog, description=description, epilog=epilog,
@@ -91,11 +114,17 @@ class Command:
         if default_config is not None:
             self.parser.add_argument("--config", default=str(default_config), metavar="FILE",
                                      help=f"YAML run config or preset name (default: {default_config})")
+        defaults = _config_defaults(default_config, presets) if flags and default_config is not None else {}
         for flag in flags:
+            shown = _dotted(defaults, flag.key)
+            default = ("the config's value" if shown is None else "unset (empty in the default config)"
+                       if shown == "" else f"{shown!r} from the default config")
             self.parser.add_argument(flag.name, dest=flag.key, metavar=flag.metavar,
-                                     help=f"{flag.help} (config key {flag.key}; default: the config's value)")
-        self.parser.add_argument("overrides", nargs="*", metavar="key=value",
-                                 help="dotted config overrides, e.g. optim.epochs=10 (values are YAML)")
+                                     help=f"{flag.help} (config key {flag.key}; default: {default})")
+        self.with_overrides = overrides
+        if overrides:
+            self.parser.add_argument("overrides", nargs="*", metavar="key=value",
+                                     help="dotted config overrides, e.g. optim.epochs=10 (values are YAML)")
 
     def add_argument(self, *args, **kwargs):
         """An option that is not a config key (e.g. a stage selector); shown with its default."""
@@ -103,9 +132,18 @@ class Command:
             kwargs["help"] += f" (default: {kwargs['default']})"
         return self.parser.add_argument(*args, **kwargs)
 
+    def add_mutually_exclusive_group(self):
+        """Options of which at most one may be given (e.g. --from / --only)."""
+        return self.parser.add_mutually_exclusive_group()
+
+    def print_help(self, file=None) -> None:
+        self.parser.print_help(file)
+
     def parse(self, argv=None) -> argparse.Namespace:
         """Flags, overrides and options in any order. `ns.overrides` ends with the explicit flags, so they win."""
         ns = self.parser.parse_intermixed_args(argv)
+        if not self.with_overrides:
+            return ns
         for item in ns.overrides:
             if "=" not in item:
                 fail(f"unexpected argument {item!r}: overrides look like dotted.key=value; see {self.prog} --help")
@@ -113,5 +151,16 @@ class Command:
         ns.overrides = list(ns.overrides) + [f"{f.key}={json.dumps(getattr(ns, f.key))}" for f in self.flags
                                              if getattr(ns, f.key) is not None]
         if self.default_config is not None:
-            ns.config = resolve_config(ns.config, self.presets)
+            try:
+                ns.config = resolve_config(ns.config, self.presets)
+            except UserError as e:  # parse() runs before run(): report it the same way here
+                fail(str(e))
         return ns
+
+
+def plain_parser(prog: str, description: str, epilog: str | None = None) -> argparse.ArgumentParser:
+    """An argparse parser with the one-line usage errors of Command, for an entry point without a run
+    config: positional arguments only (transfer/convert_to_d2.py), or a foreign config system
+    (transfer/train_det.py takes detectron2's KEY VALUE list)."""
+    return _Parser(prog=prog, description=description, epilog=epilog,
+                   formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -4,18 +4,22 @@ A run config names its defaults with `_base_: <path relative to itself>` and ove
 differs. Command-line overrides are `dotted.key=value` with the value parsed as YAML (safe_load:
 never evaluated as code). Any key that the defaults do not define is an error, and so is a value
 whose type differs from the default's (ints are accepted where floats are expected; a default of
-null accepts anything).
+null accepts anything). Values are then range-checked by the rules the stage declares beside its
+loader (`Rule`s per dotted key, passed to load_config), so a bad value is refused when the config is
+loaded, naming the key, instead of failing deep inside a run.
 """
 
 from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any, Iterable
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Mapping
 
 import yaml
 
-from core.cli import UserError
+from core.errors import UserError
+from core.files import write_yaml
 
 
 class ConfigError(UserError):
@@ -130,12 +134,81 @@ def load_yaml_with_bases(path: str | Path) -> dict:
         raise ConfigError(f"{path}: {e}") from None
 
 
-def load_config(path: str | Path, overrides: Iterable[str] = ()) -> Config:
+@dataclass(frozen=True)
+class Rule:
+    """What the value of one config key must be: `ok(value)` is true for a usable value, `want` says
+    which values are (it ends the error message, so it reads as the fix)."""
+
+    want: str
+    ok: Callable[[Any], bool]
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def one_of(*choices: Any) -> Rule:
+    return Rule(f"one of {', '.join(map(str, choices))}", lambda v: v in choices)
+
+
+def int_at_least(low: int) -> Rule:
+    return Rule(f"an integer >= {low}", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= low)
+
+
+def positive() -> Rule:
+    return Rule("a number > 0", lambda v: _number(v) and v > 0)
+
+
+def at_least(low: float) -> Rule:
+    return Rule(f"a number >= {low:g}", lambda v: _number(v) and v >= low)
+
+
+def in_range(low: float, high: float, low_open: bool = True, high_open: bool = True) -> Rule:
+    """A number between low and high; an open end excludes the bound itself."""
+    text = f"a number in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+    return Rule(text, lambda v: _number(v) and (low < v if low_open else low <= v) and (v < high if high_open else v <= high))
+
+
+def _cuda_visible(value: Any) -> bool:
+    if value != "cuda":
+        return True
+    import torch  # only when a GPU is asked for, so loading a config stays light otherwise
+
+    return torch.cuda.is_available()
+
+
+# device=cuda on a machine without a GPU: refused when the config is loaded, not at the first tensor.
+CUDA_VISIBLE = Rule("auto or cpu: no GPU is visible here (torch.cuda.is_available() is false)", _cuda_visible)
+DEVICE = (one_of("auto", "cpu", "cuda"), CUDA_VISIBLE)
+
+
+def _dotted_value(cfg: Mapping, key: str) -> Any:
+    node: Any = cfg
+    for part in key.split("."):
+        node = node[part]
+    return node
+
+
+Rules = Mapping[str, "Rule | tuple[Rule, ...]"]
+
+
+def validate(cfg: Mapping, rules: Rules) -> None:
+    """Raise ConfigError naming the first key whose value breaks one of its rules (checked in order)."""
+    for key, checks in rules.items():
+        value = _dotted_value(cfg, key)
+        for rule in checks if isinstance(checks, tuple) else (checks,):
+            if not rule.ok(value):
+                raise ConfigError(f"config key '{key}' is {value!r}, which cannot be used; set {key} to {rule.want}")
+
+
+def load_config(path: str | Path, overrides: Iterable[str] = (), rules: Rules | None = None) -> Config:
+    """The config at `path` with `overrides` applied, checked against `rules` when given."""
     cfg = load_yaml_with_bases(path)
     cfg = merge_strict(cfg, parse_overrides(overrides))
+    if rules:
+        validate(cfg, rules)
     return _wrap(cfg)
 
 
 def dump_config(cfg: dict, path: str | Path) -> None:
-    plain = cfg.to_dict() if isinstance(cfg, Config) else cfg
-    Path(path).write_text(yaml.safe_dump(plain, sort_keys=False))
+    write_yaml(path, cfg.to_dict() if isinstance(cfg, Config) else cfg)

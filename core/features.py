@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
-from tqdm import tqdm
 
 from core.distributed import all_gather_cat, world_size
+from core.progress import Progress
 
 
 class Pool5(nn.Module):
@@ -45,11 +45,11 @@ def extract_features(
     loader = DataLoader(Subset(dataset, indices.tolist()), batch_size=batch_size, shuffle=False,
                         num_workers=num_workers, pin_memory=device.type == "cuda")
     feats, labels = [], []
-    bar = tqdm(total=len(indices), desc=desc, unit="img", disable=not show_progress or rank != 0, leave=False)
+    bar = Progress(total=len(indices), desc=desc, unit="img", enabled=show_progress and rank == 0)
     for images, target in loader:
         feats.append(net(images.to(device, non_blocking=True)).float())
         labels.append(torch.as_tensor(target).to(device))
-        bar.update(len(images))  # the bar's rate is images/s
+        bar.update(len(images))  # the rate is images/s
     bar.close()
     feats = torch.cat(feats) if feats else torch.zeros(0, 1, device=device)
     labels = torch.cat(labels) if labels else torch.zeros(0, dtype=torch.long, device=device)

@@ -7,9 +7,14 @@ projection MLP, so projector keys are `encoder.fc.{0,1,3,4,6,7}.*` and predictor
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torchvision
 from torch import nn
+
+if TYPE_CHECKING:  # annotation only: the model does not need the config machinery to import
+    from core.config import Config
 
 ARCHS = ("resnet50", "resnet18", "resnet18_cifar")
 
@@ -98,3 +103,10 @@ class SimSiam(nn.Module):
         p1 = self.predictor(z1)  # N x dim
         p2 = self.predictor(z2)
         return p1, p2, z1, z2
+
+
+def build_model(cfg: Config) -> SimSiam:
+    """The SimSiam model a pretraining config describes (cfg.arch and cfg.model); pretraining builds
+    it, and so does every comparison that must start from the same random init."""
+    m = cfg.model
+    return SimSiam(cfg.arch, m.dim, m.pred_dim, m.proj_layers, head_bn=m.head_bn, predictor=m.predictor)

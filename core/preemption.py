@@ -14,7 +14,7 @@ submitit's requeue).
 Under DDP every rank must stop at the same step, or the collective save would hang: the flag is
 all-reduced (max) at each check, so a signal delivered to any one rank stops all of them together.
 
-Signals held by core.checkpoint.signals_deferred during a checkpoint write are re-raised after the
+Signals held by core.files.signals_deferred during a checkpoint write are re-raised after the
 write and land in this handler: the run then saves once more at the step boundary and exits cleanly.
 """
 

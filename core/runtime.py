@@ -87,8 +87,13 @@ class MetricsLogger:
     def log(self, record: dict, step: int) -> None:
         if not self.enabled:
             return
+        # An append-only log, the one file not written through core.files: appending is right for a
+        # log (a torn last line after a kill is skipped by its readers), and each record is fsynced so
+        # that what the log says happened is on disk before training goes on.
         with self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
         if self.tb is not None:
             for key, value in record.items():
                 if isinstance(value, (int, float)) and not isinstance(value, bool):

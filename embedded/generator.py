@@ -17,12 +17,12 @@ the COCO pixel convention (pixel ``i`` covers ``[i, i+1)``), so the written poly
 Every image draws from its own RNG seeded by ``(seed, split, index)``: output is byte-identical for
 the same config, and any part can be regenerated independently.
 
-CLI: ``python -m embedded --out DIR [--seed N] [--cls-image-size N] ...``
+CLI: ``python -m embedded --out-dir DIR [--seed N] [--cls-image-size N] ...`` (every flag shown with its
+default by ``--help``).
 """
 
 from __future__ import annotations
 
-import argparse
 import colorsys
 import json
 import os
@@ -34,11 +34,15 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
-from tqdm import tqdm
 
-from core.cli import UserError, run
+from core.cli import Command, UserError, run
+from core.files import sync_dir, write_text
+from core.progress import Progress
 
-FORMAT_VERSION = 3  # bump whenever the generated content changes: stale data dirs are then refused
+FORMAT_VERSION = 4  # bump whenever the generated content changes: stale data dirs are then refused
+# The dataset's metadata at its root, written last (so it also marks a complete directory): format
+# version, config and class_names. Stages read the class names from this file, never from this module
+# (transfer/datasets.py reads it by name), so the same file can describe a dataset made elsewhere.
 MARKER_NAME = "embedded_data.json"
 
 # Sorted, so ImageFolder's alphabetical label order equals the index into this tuple.
@@ -73,9 +77,11 @@ _SUPERSAMPLE = 2  # samples per pixel side for anti-aliased object edges
 @dataclass(frozen=True)
 class EmbeddedDataConfig:
     seed: int = 0
+    # classification ImageFolder: square side in pixels, images per class and split
     cls_image_size: int = 64
     cls_train_per_class: int = 50
     cls_val_per_class: int = 20
+    # detection sets (VOC and COCO share the world): image size, then images per split
     det_width: int = 160
     det_height: int = 128
     voc07_trainval: int = 40
@@ -375,7 +381,7 @@ def write_imagefolder(root: Path, cfg: EmbeddedDataConfig) -> None:
         jobs = [(label, i) for label in range(len(CLASS_NAMES)) for i in range(per_class)]
         for label in range(len(CLASS_NAMES)):
             (root / "imagefolder" / split / CLASS_NAMES[label]).mkdir(parents=True)
-        for label, i in tqdm(jobs, desc=f"imagefolder/{split}", disable=None, leave=False):
+        for label, i in Progress(jobs, desc=f"imagefolder/{split}", unit="img"):
             image, _ = classification_scene(_rng(cfg, f"cls_{split}", label * per_class + i), label, cfg.cls_image_size)
             _save_jpeg(image, root / "imagefolder" / split / CLASS_NAMES[label] / f"{i:05d}.jpg", cfg)
 
@@ -431,12 +437,12 @@ def _write_voc_year(root: Path, cfg: EmbeddedDataConfig, year: str, splits: dict
     for split, count in splits.items():
         ids = [f"{prefix}{n:06d}" for n in range(next_id, next_id + count)]
         next_id += count
-        for index, file_id in enumerate(tqdm(ids, desc=f"VOC{year}/{split}", disable=None, leave=False)):
+        for index, file_id in enumerate(Progress(ids, desc=f"VOC{year}/{split}", unit="img")):
             image, objects = detection_scene(_rng(cfg, f"voc{year[2:]}_{split}", index), cfg.det_width, cfg.det_height)
             _save_jpeg(image, base / "JPEGImages" / f"{file_id}.jpg", cfg)
             xml = _voc_xml(year, file_id, cfg.det_width, cfg.det_height, objects)
             ET.ElementTree(xml).write(base / "Annotations" / f"{file_id}.xml")
-        (base / "ImageSets" / "Main" / f"{split}.txt").write_text("".join(f"{i}\n" for i in ids))
+        write_text(base / "ImageSets" / "Main" / f"{split}.txt", "".join(f"{i}\n" for i in ids))
 
 
 def write_voc(root: Path, cfg: EmbeddedDataConfig) -> None:
@@ -464,7 +470,7 @@ def _write_coco_split(root: Path, cfg: EmbeddedDataConfig, split: str, count: in
     image_dir = root / "coco" / f"{split}2017"
     image_dir.mkdir(parents=True)
     images, annotations = [], []
-    for index in tqdm(range(count), desc=f"coco/{split}2017", disable=None, leave=False):
+    for index in Progress(range(count), desc=f"coco/{split}2017", unit="img"):
         image_id = index + 1
         image, objects = detection_scene(_rng(cfg, f"coco_{split}", index), cfg.det_width, cfg.det_height)
         file_name = f"{image_id:012d}.jpg"
@@ -486,7 +492,7 @@ def _write_coco_split(root: Path, cfg: EmbeddedDataConfig, split: str, count: in
     }
     annotation_dir = root / "coco" / "annotations"
     annotation_dir.mkdir(parents=True, exist_ok=True)
-    (annotation_dir / f"instances_{split}2017.json").write_text(json.dumps(dataset))
+    write_text(annotation_dir / f"instances_{split}2017.json", json.dumps(dataset))
 
 
 def write_coco(root: Path, cfg: EmbeddedDataConfig) -> None:
@@ -498,7 +504,8 @@ def write_coco(root: Path, cfg: EmbeddedDataConfig) -> None:
 
 
 def _marker(cfg: EmbeddedDataConfig) -> dict:
-    return {"format_version": FORMAT_VERSION, "config": asdict(cfg)}
+    # class_names in label order (ImageFolder's alphabetical order, COCO category id - 1)
+    return {"format_version": FORMAT_VERSION, "class_names": list(CLASS_NAMES), "config": asdict(cfg)}
 
 
 def _is_up_to_date(root: Path, cfg: EmbeddedDataConfig) -> bool:
@@ -506,19 +513,19 @@ def _is_up_to_date(root: Path, cfg: EmbeddedDataConfig) -> bool:
     if not root.exists():
         return False
     if not root.is_dir():
-        raise ValueError(f"{root} exists and is not a directory; pass another --out or remove it")
+        raise ValueError(f"{root} exists and is not a directory; pass another --out-dir or remove it")
     marker = root / MARKER_NAME
     if marker.is_file():
         if json.loads(marker.read_text()) == _marker(cfg):
             return True
         raise ValueError(
             f"{root} holds embedded data generated with a different config or format version "
-            f"(see {marker}); delete {root} to regenerate it, or pass another --out"
+            f"(see {marker}); delete {root} to regenerate it, or pass another --out-dir"
         )
     if any(root.iterdir()):
         raise ValueError(
             f"{root} is not empty and has no {MARKER_NAME}, so it is not embedded data; "
-            "refusing to overwrite it. Pass another --out (a new or empty directory)"
+            "refusing to overwrite it. Pass another --out-dir (a new or empty directory)"
         )
     return False
 
@@ -534,11 +541,14 @@ def generate(root: str | os.PathLike, cfg: EmbeddedDataConfig = EmbeddedDataConf
         write_imagefolder(staging, cfg)
         write_voc(staging, cfg)
         write_coco(staging, cfg)
-        # The marker goes last: a directory carrying it is always complete.
-        (staging / MARKER_NAME).write_text(json.dumps(_marker(cfg), indent=2) + "\n")
+        # The marker goes last: a directory carrying it is always complete. Annotations and the marker
+        # go through core.files (fsynced); the per-image JPEG/XML files are the writer's documented
+        # exception: they live in this private staging dir until the one rename below publishes it.
+        write_text(staging / MARKER_NAME, json.dumps(_marker(cfg), indent=2) + "\n")
         os.chmod(staging, 0o755)  # mkdtemp creates it private
         try:
             os.rename(staging, root)  # replaces `root` only if it is an empty directory
+            sync_dir(root.parent)  # the rename itself survives a power loss
         except OSError:
             # Someone else finished first; accept their result only if it is the same data.
             if not _is_up_to_date(root, cfg):
@@ -562,13 +572,19 @@ def count_images(root: Path) -> dict[str, int]:
 
 
 def _parse_args(argv: list[str] | None) -> tuple[Path, EmbeddedDataConfig]:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, required=True, help="directory to create (or reuse)")
+    # No config file: the generator's settings are its flags (EmbeddedDataConfig's fields).
+    cmd = Command("python -m embedded", __doc__.split("\n\n")[0], overrides=False)
+    cmd.add_argument("--out-dir", type=Path, required=True, metavar="DIR",
+                     help="folder to create, or to reuse when it holds the same data")
     for field in fields(EmbeddedDataConfig):
-        parser.add_argument(f"--{field.name.replace('_', '-')}", type=int, default=field.default)
-    args = vars(parser.parse_args(argv))
-    out = args.pop("out")
-    return out, EmbeddedDataConfig(**args)
+        cmd.add_argument(f"--{field.name.replace('_', '-')}", type=int, default=field.default, metavar="N",
+                         help=field.name.replace("_", " "))
+    args = vars(cmd.parse(argv))
+    out = args.pop("out_dir")
+    try:
+        return out, EmbeddedDataConfig(**args)
+    except ValueError as e:  # a size or count out of range
+        raise UserError(f"{e}; change that flag (python -m embedded --help lists them)") from None
 
 
 def _generate_and_describe(argv: list[str] | None) -> None:

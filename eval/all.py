@@ -10,9 +10,15 @@ follow it and are also written as knn.json, linear.json and fast_probe.json.
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # python -m eval.all: parse before the imports below load torch (fast --help)
+    from eval.cli import run_protocol
+
+    run_protocol("eval.all", __doc__)
+    raise SystemExit  # the protocol ran as the module eval.all, which run_protocol imported
+
 from core.config import Config
 from eval import fast_probe, knn, linear
-from eval.cli import cli
+from eval.cli import run_protocol
 from eval.context import EvalContext
 
 
@@ -32,15 +38,11 @@ def main(cfg: Config) -> dict:
     }
     summary = {"checkpoint": ctx.checkpoint_id, "headline": headline,
                "knn": knn_result, "linear": official, "fast_probe": fast}
-    ctx.write_result("summary", summary)
     if ctx.dist.is_main:
         print("summary: " + "; ".join(f"{k} {v:.2f}" for k, v in headline.items()))
+    ctx.write_result("summary", summary)  # the last write and the last line
     return summary
 
 
 def cli_main(argv=None) -> None:
-    cli(main, __doc__, argv)
-
-
-if __name__ == "__main__":
-    cli_main()
+    run_protocol(__name__, __doc__, argv)

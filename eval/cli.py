@@ -1,48 +1,67 @@
-"""The command line every eval entry point shares: the common flags map onto config keys.
+"""The command line every eval entry point shares: core.cli's Command with the eval flags and rules.
 
-    python -m eval.<knn|linear|fast_probe|all> --checkpoint PATH|random --arch resnet50 \
-        --train-dir DIR --val-dir DIR --out-dir DIR [--config YAML] [dotted.key=value ...]
+    python -m eval.<knn|linear|fast_probe|all> --checkpoint PATH|random [--arch ARCH] --train-dir DIR \
+        --val-dir DIR [--out-dir DIR] [--config FILE] [dotted.key=value ...]    (in any order)
+
+This module imports no torch: `python -m eval.knn` parses here first and only then imports the
+protocol's module (see run_protocol), so `--help` and usage errors answer at once.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
+import importlib
 from pathlib import Path
 
-from core.config import Config, load_config
-from core.cli import run
+from core.cli import OUT_DIR, Command, Flag, run
 
-DEFAULT_CONFIG = Path(__file__).parent / "configs" / "defaults.yaml"
+CONFIGS = Path(__file__).parent / "configs"
+DEFAULT_CONFIG = CONFIGS / "defaults.yaml"
 
-# flag -> config key; a flag left out keeps the config's value.
-_FLAGS = {"checkpoint": "checkpoint", "arch": "arch", "train_dir": "data.train_dir", "val_dir": "data.val_dir",
-          "out_dir": "out_dir", "device": "device", "seed": "seed"}
-
-
-def parse_args(description: str, argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", default=str(DEFAULT_CONFIG), help="YAML config (eval/configs/defaults.yaml has every key)")
-    p.add_argument("--checkpoint", help='checkpoint file (SimSiam, MoCo, torchvision) or "random"')
-    p.add_argument("--arch", help="resnet50 | resnet18 | resnet18_cifar")
-    p.add_argument("--train-dir", help="ImageFolder root of the labelled training images")
-    p.add_argument("--val-dir", help="ImageFolder root of the validation images")
-    p.add_argument("--out-dir", help="where results and the probe's checkpoint go")
-    p.add_argument("--device", help="auto | cpu | cuda")
-    p.add_argument("--seed", type=int)
-    p.add_argument("overrides", nargs="*", help="dotted.key=value config overrides, e.g. linear.epochs=10")
-    return p.parse_args(argv)
+FLAGS = (
+    Flag("--checkpoint", "checkpoint", 'checkpoint file (SimSiam, MoCo, torchvision) or "random"', "PATH"),
+    Flag("--arch", "arch", "backbone of the checkpoint", "ARCH"),
+    Flag("--train-dir", "data.train_dir", "ImageFolder root of the labelled training images", "DIR"),
+    Flag("--val-dir", "data.val_dir", "ImageFolder root of the validation images", "DIR"),
+    OUT_DIR,
+    Flag("--device", "device", "auto | cpu | cuda", "DEVICE"),
+    Flag("--seed", "seed", "seed of the probe, the shuffles and a random backbone", "N"),
+)
 
 
-def build_config(args: argparse.Namespace) -> Config:
-    # Flags are applied as overrides after the positional ones, so an explicit flag wins. Values are
-    # JSON-quoted (valid YAML) so that a path such as "2024" or "a: b" stays a string.
-    flags = [f"{key}={json.dumps(getattr(args, name))}" for name, key in _FLAGS.items()
-             if getattr(args, name) is not None]
-    return load_config(args.config, list(args.overrides) + flags)
+def rules() -> dict:
+    """The range of every eval key a protocol cannot use otherwise (PROTOCOL.md sections 3 and 4).
+
+    A function, not a constant: the arch choices come from the model code, which imports torch."""
+    from core.config import DEVICE, at_least, in_range, int_at_least, one_of, positive
+    from core.models import ARCHS
+
+    count, non_negative = int_at_least(1), int_at_least(0)
+    return {
+        "arch": one_of(*ARCHS), "device": DEVICE, "seed": non_negative,
+        "data.image_size": count, "data.workers": non_negative, "features.batch_size": count,
+        "knn.memory_mb": positive(),
+        "linear.epochs": count, "linear.batch_size": count, "linear.optimizer": one_of("lars", "sgd"),
+        "linear.base_lr": positive(), "linear.momentum": in_range(0, 1, low_open=False),
+        "linear.weight_decay": at_least(0), "linear.lars_trust": positive(),
+        "linear.min_scale": in_range(0, 1, high_open=False), "linear.save_every": count,
+        "fast_probe.aug_views": non_negative, "fast_probe.holdout_fraction": in_range(0, 1),
+        "fast_probe.max_iter": count,
+    }
 
 
-def cli(main, description: str, argv=None) -> None:
-    """Parse, build the config, run main(cfg); bad input ends as one line on stderr (exit 2)."""
-    args = parse_args(description, argv)
-    run(lambda: main(build_config(args)))
+def load(config: str | Path, overrides=()):
+    """An eval config, range-checked by rules()."""
+    from core.config import load_config
+
+    return load_config(config, overrides, rules())
+
+
+def command(prog: str, description: str) -> Command:
+    return Command(prog, description, default_config=DEFAULT_CONFIG, presets=CONFIGS, flags=FLAGS)
+
+
+def run_protocol(module: str, description: str, argv=None) -> None:
+    """Parse, then import `module` (eval.knn, ...) and run its main(cfg); bad input ends as one
+    `error:` line on stderr, exit 2. The import comes after parsing because the protocols import torch."""
+    args = command(f"python -m {module}", description).parse(argv)
+    run(lambda: importlib.import_module(module).main(load(args.config, args.overrides)))

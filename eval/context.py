@@ -4,8 +4,6 @@ every result JSON carries."""
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 
 from torchvision import transforms
@@ -13,11 +11,13 @@ from torchvision import transforms
 from core.checkpoint import RANDOM, load_backbone
 from core.config import Config, dump_config
 from core.distributed import init_distributed
+from core.files import mark_done, write_json
+from core.images import IMAGENET_MEAN, IMAGENET_STD, eval_transform, image_folder
 from core.models import ARCHS, feature_dim
+from core.progress import say_outputs
 from core.cli import UserError
 from core.runtime import check_writable_dir, file_sha256, git_revision, seed_everything
 from eval.feature_cache import LAYER, SeededView, cached_features
-from pretrain.data import IMAGENET_MEAN, IMAGENET_STD, eval_transform, image_folder
 
 
 
@@ -122,11 +122,12 @@ class EvalContext:
         }
 
     def write_result(self, name: str, result: dict) -> Path:
-        """out_dir/<name>.json written atomically (rank 0), so a reader never sees half a result."""
+        """out_dir/<name>.json (rank 0): a protocol's last output, so its done marker (stage `name`)
+        and the closing line follow it."""
         path = self.out_dir / f"{name}.json"
         if self.dist.is_main:
-            tmp = path.with_name(f".{path.name}.tmp")
-            tmp.write_text(json.dumps(result, indent=2) + "\n")
-            os.replace(tmp, path)
+            write_json(path, result)
+            mark_done(self.out_dir, name, result=path.name)
+            say_outputs(f"eval {name}", self.out_dir)
         return path
 

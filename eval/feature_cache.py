@@ -18,14 +18,14 @@ import os
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch.utils.data import Dataset
 from torchvision import datasets
 
-from core.checkpoint import save_atomic
 from core.distributed import all_reduce_mean, barrier
 from core.features import extract_features
+from core.files import save_atomic
+from core.sampling import reseed_sample
 
 LAYER = "pool5"
 FORMAT_VERSION = 1
@@ -55,9 +55,7 @@ class SeededView(Dataset):
     def __getitem__(self, index: int):
         path, label = self.base.samples[index]
         img = self.base.loader(path)
-        # Only the CPU generator drives the PIL transforms; torch.manual_seed would also queue a CUDA
-        # reseed with a captured stack trace on every sample (~300x slower).
-        torch.default_generator.manual_seed(int(np.random.SeedSequence([self.seed, self.view, index]).generate_state(1)[0]))
+        reseed_sample(self.seed, self.view, index)  # the view number takes the epoch's place
         return self.transform(img), label
 
     def description(self) -> str:

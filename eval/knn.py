@@ -10,10 +10,16 @@ SimSiam monitor, (20, 0.07) the DINO / mmselfsup one.
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # python -m eval.knn: parse before the imports below load torch (fast --help)
+    from eval.cli import run_protocol
+
+    run_protocol("eval.knn", __doc__)
+    raise SystemExit  # the protocol ran as the module eval.knn, which run_protocol imported
+
 from core.config import Config
 from core.knn import knn_accuracy
-from core.cli import UserError
-from eval.cli import cli
+from core.cli import UserError, warn
+from eval.cli import run_protocol
 from eval.context import EvalContext
 
 KNOWN_SETTINGS = {(200, 0.2): "SimSiam official monitor", (20, 0.07): "DINO / mmselfsup", (200, 0.1): "VISSL / lightly"}
@@ -40,6 +46,8 @@ def main(cfg: Config, ctx: EvalContext | None = None) -> dict:
     device = ctx.dist.device
     rows = []
     for k, t in pairs:
+        if k > len(bank) and ctx.dist.is_main:  # core.knn clamps k to the bank: say so, the row is not what it claims
+            warn(f"knn k={k} is larger than the bank ({len(bank)} training images); the vote uses all {len(bank)}")
         acc = knn_accuracy(bank.to(device), bank_labels.to(device), queries.to(device), query_labels.to(device),
                            ctx.num_classes, k=k, temperature=t, memory_mb=cfg.knn.memory_mb)
         rows.append({"k": k, "T": t, "setting": KNOWN_SETTINGS.get((k, t), "custom"),
@@ -57,8 +65,4 @@ def main(cfg: Config, ctx: EvalContext | None = None) -> dict:
 
 
 def cli_main(argv=None) -> None:
-    cli(main, __doc__, argv)
-
-
-if __name__ == "__main__":
-    cli_main()
+    run_protocol(__name__, __doc__, argv)

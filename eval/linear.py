@@ -15,6 +15,12 @@ Plain SGD (linear.optimizer=sgd) needs a very large lr on SimSiam features: ~30 
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # python -m eval.linear: parse before the imports below load torch (fast --help)
+    from eval.cli import run_protocol
+
+    run_protocol("eval.linear", __doc__)
+    raise SystemExit  # the protocol ran as the module eval.linear, which run_protocol imported
+
 import time
 from pathlib import Path
 
@@ -24,22 +30,24 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
-from core.checkpoint import load_backbone_state, read_checkpoint, remove_stale_temp_files, save_atomic
+from core.checkpoint import load_backbone_state, read_checkpoint
 from core.config import Config
 from core.distributed import all_reduce_mean, barrier
 from core.features import Pool5
+from core.files import remove_stale_temp_files, save_atomic
+from core.images import image_folder
 from core.knn import topk_accuracy
 from core.lars import LARS
 from core.preemption import PreemptionFlag
+from core.progress import Progress
 from core.cli import UserError
 from core.runtime import MetricsLogger
-from eval.cli import cli
+from core.sampling import ResumableSampler
+from core.schedule import cosine_lr, scaled_lr, set_lr
+from eval.cli import run_protocol
 from eval.context import EvalContext, train_augmentation
 from eval.feature_cache import SeededView
-from pretrain.data import ResumableSampler, image_folder
-from pretrain.schedule import cosine_lr, scaled_lr, set_lr
 
 CHECKPOINT = "linear_probe.pth.tar"
 
@@ -167,7 +175,7 @@ def main(cfg: Config, ctx: EvalContext | None = None) -> dict:
         net.eval()  # the whole model, always: BN statistics of the backbone must not move
         (loss_sum, seen), data_s = partial if first_step else (0.0, 0), 0.0
         t_epoch = t_data = time.perf_counter()
-        bar = tqdm(loader, desc=f"linear epoch {epoch}", disable=not dist.is_main, leave=False)
+        bar = Progress(loader, desc=f"linear epoch {epoch}", unit="step", enabled=dist.is_main)
         for step, (images, target) in enumerate(bar, start=first_step):
             data_s += time.perf_counter() - t_data
             images, target = images.to(dist.device, non_blocking=True), target.to(dist.device, non_blocking=True)
@@ -224,17 +232,13 @@ def main(cfg: Config, ctx: EvalContext | None = None) -> dict:
         "train_images_per_s": round(float(np.mean([r["images_per_s"] for r in history])), 1),
         "features": {"val": val_info},
     }
-    ctx.write_result("linear", result)
     if dist.is_main:
         print(f"linear: last epoch {last['epoch']} top1 {last['val_top1']:.2f} top5 {last['val_top5']:.2f}; "
               f"best epoch {best['epoch']} top1 {best['val_top1']:.2f}")
+    ctx.write_result("linear", result)  # the last write and the last line
     net.fc.requires_grad_(False)
     return result
 
 
 def cli_main(argv=None) -> None:
-    cli(main, __doc__, argv)
-
-
-if __name__ == "__main__":
-    cli_main()
+    run_protocol(__name__, __doc__, argv)

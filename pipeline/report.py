@@ -2,6 +2,10 @@
 
     python -m pipeline.report RUN [--dataset embedded] [--protocol protocol.json]
 
+RUN is the run folder reported on (pipeline.run's out_dir), given positionally: it is what the command
+reads, not an output folder of its choosing (hence no --out-dir); the report always goes to RUN/report/.
+A folder that holds none of a run's files is refused (exit 2), never created.
+
 Reads only the stage result files the runner leaves in RUN/ (pretrain/metrics.jsonl, eval/<backbone>/*.json,
 detection/<job>/<backbone>/trials_summary.json and trial0/metrics.json, manifest.json) and the paper's
 numbers in pipeline/references.yaml; writes RUN/report/report.md and RUN/report/*.png. A stage whose files
@@ -18,7 +22,6 @@ comparable at all:
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 from pathlib import Path
@@ -28,6 +31,9 @@ import matplotlib
 matplotlib.use("Agg")  # headless: the report is written on servers without a display
 import matplotlib.pyplot as plt  # noqa: E402
 import yaml  # noqa: E402
+
+from core.cli import Command, UserError, run  # noqa: E402
+from core.files import save_figure, write_text  # noqa: E402
 
 REFERENCES = Path(__file__).with_name("references.yaml")
 BACKBONES = ("pretrained", "random")
@@ -239,7 +245,9 @@ def classification_row(backbone: str, ev: dict | None, settings: list[tuple]) ->
     knn_rows = {(r["k"], r["T"]): r for r in (ev.get("knn") or {}).get("knn", [])}
     cells = [fmt(knn_rows[s]["top1"]) if s in knn_rows else NOT_RUN for s in settings]
     fast = ev.get("fast_probe")
-    cells.append(fmt(fast["fast_probe"]["top1"]) if fast else NOT_RUN)
+    cells.append((fmt(fast["fast_probe"]["top1"])
+                  # an L-BFGS fit stopped short of its tolerance: the number is not the probe's optimum
+                  + (" (NOT CONVERGED)" if fast["fast_probe"].get("converged") is False else "")) if fast else NOT_RUN)
     lin = ev.get("linear")
     if lin:
         last, best = lin["linear"]["last_epoch"], lin["linear"]["best_epoch"]
@@ -356,7 +364,7 @@ def section_reference(evals: dict, dets: dict, refs: dict, protocol: dict, epoch
 
 def save_plot(fig, path: Path) -> Path:
     fig.tight_layout()
-    fig.savefig(path, dpi=80)
+    save_figure(fig, path, dpi=80)
     plt.close(fig)  # many figures per report: free each one
     return path
 
@@ -444,28 +452,50 @@ def write_report(run_dir: Path, protocol: dict, references: Path = REFERENCES) -
     lines += section_detection(dets)
     lines += section_reference(evals, dets, refs, protocol, epochs)
     lines += section_plots(plots)
-    path = out / "report.md"
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    return write_text(out / "report.md", "\n".join(lines) + "\n")
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("run_dir", type=Path)
-    parser.add_argument("--protocol", type=Path, help="JSON file with the run's protocol (default: manifest's)")
-    parser.add_argument("--dataset", help="pretraining data set of the run, e.g. embedded or imagenet")
-    return parser.parse_args(argv)
+# What makes a folder a run: pipeline.run writes the first at its start; the others are stage outputs
+# (a run assembled by hand from stage commands has only those).
+RUN_FILES = ("pipeline_config.yaml", "manifest.json", "pretrain", "eval", "detection")
 
 
-def cli(argv=None) -> None:
-    args = parse_args(argv)
+def command():
+    cmd = Command("python -m pipeline.report", __doc__, overrides=False)
+    cmd.add_argument("run_dir", type=Path, metavar="RUN", help="the run folder (pipeline.run's out_dir)")
+    cmd.add_argument("--protocol", type=Path, metavar="FILE",
+                     help="JSON file with the run's protocol (default: the manifest's)")
+    cmd.add_argument("--dataset", help="pretraining data set of the run, e.g. embedded or imagenet "
+                     "(default: the protocol's)")
+    return cmd
+
+
+def check_run_dir(run_dir: Path) -> None:
+    if not run_dir.is_dir():
+        raise UserError(f"run folder {run_dir} does not exist; give the out_dir of a python -m pipeline.run")
+    if not any((run_dir / name).exists() for name in RUN_FILES):
+        raise UserError(f"{run_dir} is not a pipeline run folder (it has none of {', '.join(RUN_FILES)}); "
+                        "give the out_dir of a python -m pipeline.run")
+
+
+def _report(args) -> Path:
+    check_run_dir(args.run_dir)
     if args.protocol:
-        protocol = json.loads(args.protocol.read_text())
+        try:
+            protocol = json.loads(args.protocol.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise UserError(f"cannot read --protocol {args.protocol}: {e}; give a JSON file") from None
     else:
         protocol = dict((read_json(args.run_dir / "manifest.json") or {}).get("protocol") or {})
     if args.dataset:
         protocol["dataset"] = args.dataset
-    print(write_report(args.run_dir, protocol))
+    path = write_report(args.run_dir, protocol)
+    print(path)
+    return path
+
+
+def cli(argv=None) -> None:
+    run(_report, command().parse(argv))
 
 
 if __name__ == "__main__":

@@ -1,20 +1,26 @@
 """The whole chain in one run directory: data -> pretrain -> eval -> voc -> coco -> report.
 
-    python -m pipeline.run [--config pipeline/configs/demo.yaml] [--from STAGE | --only STAGE] [key=value ...]
+    python -m pipeline.run [--config FILE] [--out-dir RUN] [--from STAGE | --only STAGE] [key=value ...]
+    python -m pipeline.run --config paper_200ep.yaml --out-dir runs/paper data_root=/data
+
+Before any stage runs, every input of every stage about to run is checked (the data, VOC/COCO for
+the detection jobs, the stage configs, supervised_checkpoint): a mistake is one `error:` line and
+exit 2, not a failure hours later. Relative paths mean the caller's folder: the stages run in the
+caller's working directory with absolute paths; pretrain.config and eval.config are a path or a
+preset name of pretrain/configs/ and eval/configs/, as their --config.
 
 Each stage runs the same command a user would run by hand (python -m pretrain.train,
 python -m eval.<protocol>, transfer/run_voc.sh, ...) in a subprocess, so the chain exercises the
 real entry points, and a stage's global state (detectron2's dataset registry, process groups) never
-leaks into the next. A finished stage leaves RUN/.stages/<stage>.done and is skipped on a re-run; an
-interrupted one resumes from its own checkpoints. RUN/manifest.json records the config, the git
-revision, package versions, the sha256 of every checkpoint and a fingerprint of the dataset.
+leaks into the next. A finished stage is recorded in RUN/done.json (core.files.mark_done) and is
+skipped on a re-run; an interrupted one resumes from its own checkpoints. RUN/manifest.json records
+the config, the git revision, package versions, the sha256 of every checkpoint and a fingerprint of
+the dataset.
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
-import json
 import os
 import subprocess
 import sys
@@ -22,14 +28,30 @@ import time
 from importlib import metadata
 from pathlib import Path
 
-from core.checkpoint import epoch_checkpoints
-from core.config import Config, dump_config, load_config
-from core.preemption import REQUEUE_EXIT, Preempted, preemption_signals, wait_forwarding
-from core.cli import UserError, run
-from core.runtime import file_sha256, git_revision
+import yaml
+
+from core.config import Config, ConfigError, Rule, dump_config, int_at_least, load_config
+from core.files import clear_done, done_info, is_done, mark_done, write_json
+from core.progress import say_outputs
+from core.cli import OUT_DIR, Command, UserError, resolve_config, run
 
 REPO = Path(__file__).resolve().parent.parent
 STAGES = ("data", "pretrain", "eval", "voc", "coco", "report")
+CONFIGS = Path(__file__).parent / "configs"
+
+
+def _subset_of(*allowed: str) -> Rule:
+    return Rule(f"a list drawn from {', '.join(allowed)}",
+                lambda v: isinstance(v, list) and all(item in allowed for item in v))
+
+
+RULES = {  # the keys a run cannot use otherwise; the stage configs have their own rules
+    "pretrain.nproc_per_node": int_at_least(1),
+    "eval.protocols": _subset_of("knn", "fast_probe", "linear", "all"),
+    "detection.jobs": _subset_of("voc", "coco"),
+    "detection.backbones": _subset_of("pretrained", "random", "supervised"),
+    "detection.trials": int_at_least(1),
+}
 PACKAGES = ("torch", "torchvision", "numpy", "sal-detectron2", "pycocotools", "faster-coco-eval", "scikit-learn")
 
 
@@ -38,6 +60,14 @@ def pretrain_command(nproc_per_node: int) -> list:
     if nproc_per_node == 1:
         return [sys.executable, "-m", "pretrain.train"]
     return ["bash", REPO / "pretrain/run.sh", "--standalone", "--nproc_per_node", nproc_per_node]
+
+
+def detection_datasets(config: Path) -> str:
+    """DATASETS.TRAIN and TEST of a detectron2 config, following its _BASE_ chain (the child wins)."""
+    data = yaml.safe_load(config.read_text()) or {}
+    base = detection_datasets(config.parent / data["_BASE_"]) if data.get("_BASE_") else ""
+    own = data.get("DATASETS") or {}
+    return " ".join(str(own[k]) for k in ("TRAIN", "TEST") if k in own) if own else base
 
 
 def dataset_fingerprint(root: Path) -> dict:
@@ -59,23 +89,24 @@ def dataset_fingerprint(root: Path) -> dict:
 class Pipeline:
     def __init__(self, cfg: Config):
         self.cfg = cfg
-        # absolute: the stage commands run from the repo root, the user may not
-        self.run_dir = Path(cfg.run_dir).resolve()
+        # absolute, like every path handed to a stage: what the stages print and record is unambiguous
+        self.run_dir = Path(cfg.out_dir).resolve()
         self.data_root = Path(cfg.data_root).resolve()
-        self.marks = self.run_dir / ".stages"
+        self.legacy_marks = self.run_dir / ".stages"  # <stage>.done files of runs from before done.json
 
     # ------------------------------------------------------------------ bookkeeping
     def done(self, stage: str) -> bool:
-        return (self.marks / f"{stage}.done").exists()
-
-    def _mark(self, stage: str, seconds: float) -> None:
-        self.marks.mkdir(parents=True, exist_ok=True)
-        (self.marks / f"{stage}.done").write_text(json.dumps({"finished": time.time(), "seconds": seconds}))
+        return is_done(self.run_dir, stage) or (self.legacy_marks / f"{stage}.done").exists()
 
     def _sh(self, *cmd, env: dict | None = None, stage: str) -> None:
-        env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHON": sys.executable, **(env or {})}
+        from core.preemption import REQUEUE_EXIT, Preempted, preemption_signals, wait_forwarding  # torch
+
+        # The caller's working directory (relative paths mean what the user meant); the repo on the
+        # path so that `-m pretrain.train` resolves from anywhere.
+        path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
+        env = {**os.environ, "PYTHONPATH": path, "PYTHON": sys.executable, **(env or {})}
         print(f"[pipeline:{stage}] $ {' '.join(str(c) for c in cmd)}", flush=True)
-        code = wait_forwarding(subprocess.Popen([str(c) for c in cmd], cwd=REPO, env=env))
+        code = wait_forwarding(subprocess.Popen([str(c) for c in cmd], env=env))
         # 75: the stage saved its state after SIGTERM/SIGUSR1. Stages without checkpoints of their own
         # (kNN, fast probe, report) just die of the signal; they are redone on the re-run.
         if code == REQUEUE_EXIT or -code in preemption_signals():  # pass the requeue code on
@@ -88,7 +119,10 @@ class Pipeline:
                             f"re-run the same command: finished stages are skipped, this one resumes")
 
     def write_manifest(self) -> None:
-        stages = {s: json.loads((self.marks / f"{s}.done").read_text()) for s in STAGES if self.done(s)}
+        from core.runtime import file_sha256, git_revision  # torch: not before the command line is parsed
+
+        finished = done_info(self.run_dir)
+        stages = {s: finished.get(s, {}) for s in STAGES if self.done(s)}
         checkpoints = sorted(self.run_dir.glob("pretrain/checkpoint_*.pth.tar")) + sorted(self.run_dir.glob("detection/*/*/*.pkl"))
         versions = {}
         for name in PACKAGES:
@@ -105,12 +139,12 @@ class Pipeline:
             "checkpoints": {str(p.relative_to(self.run_dir)): file_sha256(p) for p in checkpoints},
             "datasets": [dataset_fingerprint(self.data_root)] if self.data_root.is_dir() else [],
         }
-        tmp = self.run_dir / "manifest.json.tmp"
-        tmp.write_text(json.dumps(manifest, indent=2))
-        tmp.replace(self.run_dir / "manifest.json")
+        write_json(self.run_dir / "manifest.json", manifest)
 
     # ------------------------------------------------------------------ what the stages share
     def pretrained_checkpoint(self) -> Path:
+        from core.checkpoint import epoch_checkpoints
+
         found = epoch_checkpoints(self.run_dir / "pretrain")
         if not found:
             raise UserError(f"no pretraining checkpoint in {self.run_dir / 'pretrain'}; run the pretrain stage first")
@@ -120,33 +154,92 @@ class Pipeline:
         """Backbones evaluated side by side: ours, random init, and the supervised file if given."""
         out = {"pretrained": str(self.pretrained_checkpoint()), "random": "random"}
         if self.cfg.supervised_checkpoint:
-            out["supervised"] = self.cfg.supervised_checkpoint
+            out["supervised"] = str(Path(self.cfg.supervised_checkpoint).resolve())
         return out
 
+    def stage_config(self, stage: str) -> Path:
+        """pretrain.config / eval.config as the stage's --config reads it: a path, else a preset name."""
+        return resolve_config(self.cfg[stage].config, REPO / stage / "configs").resolve()
+
+    def pretrain_overrides(self) -> list[str]:
+        folder = self.data_root / "imagefolder"
+        return [f"data.train_dir={folder / 'train'}", f"monitor.knn_train_dir={folder / 'train'}",
+                f"monitor.knn_val_dir={folder / 'val'}", *self.cfg.pretrain.overrides,
+                f"out_dir={self.run_dir / 'pretrain'}"]
+
     def arch(self) -> str:
-        return load_config(REPO / self.cfg.pretrain.config, self.cfg.pretrain.overrides).arch
+        return load_config(self.stage_config("pretrain"), self.pretrain_overrides()).arch
+
+    def _stage_cfg(self, stage: str, load, overrides: list[str]):
+        """A stage's config loaded and range-checked as its own command line will, named on error."""
+        path = self.stage_config(stage)
+        try:
+            return load(path, overrides)
+        except ConfigError as e:
+            raise ConfigError(f"{stage}.config {path} (with {stage}.overrides): {e}") from None
+
+    def check_inputs(self, stages: list[str]) -> None:
+        """Every input of every stage in `stages`, before the first one starts: a missing COCO must not
+        surface after hours of pretraining. Raises one UserError naming the first gap and its fix."""
+        from core.images import image_folder  # torchvision: only once the command line is parsed
+        from eval.cli import load as load_eval
+        from pretrain.train import check_inputs as check_pretrain_inputs, load as load_pretrain
+
+        cfg, todo = self.cfg, set(stages)
+        generated = "data" in todo and cfg.generate_embedded  # the data stage writes everything below
+        jobs = [job for job in ("voc", "coco") if job in todo and job in cfg.detection.jobs]
+        if not generated and (todo & {"data", "pretrain", "eval"} or jobs) and not self.data_root.is_dir():
+            raise UserError(f"data_root {self.data_root} does not exist; point data_root at your datasets "
+                            "or set generate_embedded=true")
+        folder = self.data_root / "imagefolder"
+        if todo & {"pretrain", "eval"}:  # eval reads the pretraining config for the arch
+            pretrain_cfg = self._stage_cfg("pretrain", load_pretrain, self.pretrain_overrides())
+            if "pretrain" in todo and not generated:
+                check_pretrain_inputs(pretrain_cfg, cfg.pretrain.nproc_per_node)
+        if "eval" in todo:
+            # what stage_eval's flags set, after the overrides as there
+            self._stage_cfg("eval", load_eval, [*cfg.eval.overrides, f"arch={pretrain_cfg.arch}", "checkpoint=random",
+                                                f"data.train_dir={folder / 'train'}", f"data.val_dir={folder / 'val'}",
+                                                f"out_dir={self.run_dir / 'eval'}"])
+            if not generated:
+                image_folder(folder / "val")
+        uses_supervised = "eval" in todo or (jobs and "supervised" in cfg.detection.backbones)
+        if cfg.supervised_checkpoint and uses_supervised and not Path(cfg.supervised_checkpoint).is_file():
+            raise UserError(f"supervised_checkpoint {Path(cfg.supervised_checkpoint).resolve()} does not exist; "
+                            'give a torchvision ResNet-50 file, or supervised_checkpoint="" to leave that row out')
+        for job in jobs:
+            config = resolve_config(cfg.detection[f"{job}_config"], REPO / "detectron_configs")
+            if generated:
+                continue
+            if job == "voc":
+                needed = ["VOCdevkit/VOC2007"] + (["VOCdevkit/VOC2012"] if "voc_2012" in detection_datasets(config) else [])
+            else:
+                needed = ["coco/annotations"]
+            for rel in needed:
+                if not (self.data_root / rel).is_dir():
+                    rest = [j for j in cfg.detection.jobs if j != job]
+                    raise UserError(f"detection job {job} ({config.name}) needs {self.data_root / rel}, which does not "
+                                    f"exist; put the dataset there (the standard layout under data_root), or leave "
+                                    f"the job out with detection.jobs=[{','.join(rest)}]")
 
     # ------------------------------------------------------------------ stages
     def stage_data(self) -> None:
         if self.cfg.generate_embedded:
-            self._sh(sys.executable, "-m", "embedded", "--out", self.data_root, stage="data")
+            self._sh(sys.executable, "-m", "embedded", "--out-dir", self.data_root, stage="data")
         elif not self.data_root.is_dir():
             raise UserError(f"data_root {self.data_root} does not exist; point data_root at your datasets "
                             "or set generate_embedded=true")
 
     def stage_pretrain(self) -> None:
-        folder = self.data_root / "imagefolder"
-        data = [f"data.train_dir={folder / 'train'}", f"monitor.knn_train_dir={folder / 'train'}",
-                f"monitor.knn_val_dir={folder / 'val'}"]
-        self._sh(*pretrain_command(self.cfg.pretrain.nproc_per_node), "--config", self.cfg.pretrain.config, *data, *self.cfg.pretrain.overrides,
-                 f"out_dir={self.run_dir / 'pretrain'}", stage="pretrain")
+        self._sh(*pretrain_command(self.cfg.pretrain.nproc_per_node), "--config", self.stage_config("pretrain"),
+                 *self.pretrain_overrides(), stage="pretrain")
 
     def stage_eval(self) -> None:
         folder = self.data_root / "imagefolder"
         arch = self.arch()
         for name, ckpt in self.backbones().items():
             for protocol in self.cfg.eval.protocols:
-                self._sh(sys.executable, "-m", f"eval.{protocol}", "--config", self.cfg.eval.config,
+                self._sh(sys.executable, "-m", f"eval.{protocol}", "--config", self.stage_config("eval"),
                          "--checkpoint", ckpt, "--arch", arch, "--train-dir", folder / "train",
                          "--val-dir", folder / "val", "--out-dir", self.run_dir / "eval" / name,
                          *self.cfg.eval.overrides, stage="eval")
@@ -155,15 +248,17 @@ class Pipeline:
         if job not in self.cfg.detection.jobs:
             print(f"[pipeline:{job}] skipped (not in detection.jobs)")
             return
-        script = REPO / "transfer" / f"run_{job}.sh"
-        env = {"CONFIG": self.cfg.detection[f"{job}_config"], "DATA_ROOT": str(self.data_root),
-               "TRIALS": str(self.cfg.detection.trials)}
+        det = self.cfg.detection
+        preset = {"voc": "voc.yaml", "coco": "coco_1x.yaml"}[job]  # transfer/configs/, as run_voc.sh / run_coco.sh
+        job_keys = [f"detectron2_config={det[f'{job}_config']}", f"trials={det.trials}",
+                    "d2_opts=" + yaml.safe_dump(list(det.overrides), default_flow_style=True, width=10**9).strip()]
         for name, ckpt in self.backbones().items():
-            if name not in self.cfg.detection.backbones:
+            if name not in det.backbones:
                 continue
             out = self.run_dir / "detection" / job / name
-            resume = ["--resume"] if out.exists() else []  # an earlier, interrupted attempt
-            self._sh("bash", script, ckpt, out, *resume, *self.cfg.detection.overrides, env=env, stage=job)
+            resume = "resume=true" if out.exists() else "resume=false"  # an earlier, interrupted attempt
+            self._sh(sys.executable, "-m", "transfer.finetune", "--config", preset, "--checkpoint", ckpt,
+                     "--out-dir", out, "--data-root", self.data_root, *job_keys, resume, stage=job)
 
     def stage_voc(self) -> None:
         self._detection("voc")
@@ -184,37 +279,44 @@ class Pipeline:
         for name in (start, only):
             if name is not None and name not in STAGES:
                 raise UserError(f"unknown stage {name!r}; stages are {', '.join(STAGES)}")
+        chosen = [only] if only else list(STAGES[STAGES.index(start):]) if start else list(STAGES)
+        self.check_inputs([s for s in chosen if (only or start) or not self.done(s)])  # before anything is written
         self.run_dir.mkdir(parents=True, exist_ok=True)
         dump_config(self.cfg, self.run_dir / "pipeline_config.yaml")
-        chosen = [only] if only else list(STAGES[STAGES.index(start):]) if start else list(STAGES)
         for stage in STAGES:
             forced = stage in chosen and (only or start)
             if stage not in chosen or (self.done(stage) and not forced):
                 if self.done(stage):
                     print(f"[pipeline:{stage}] done earlier, skipped")
                 continue
-            (self.marks / f"{stage}.done").unlink(missing_ok=True)
+            clear_done(self.run_dir, stage)
+            (self.legacy_marks / f"{stage}.done").unlink(missing_ok=True)
             begin = time.perf_counter()
             getattr(self, f"stage_{stage}")()
-            self._mark(stage, time.perf_counter() - begin)
+            mark_done(self.run_dir, stage, seconds=time.perf_counter() - begin)
             self.write_manifest()
             print(f"[pipeline:{stage}] finished in {time.perf_counter() - begin:.0f} s", flush=True)
+        say_outputs("pipeline", self.run_dir)
 
 
 def main(cfg: Config, start: str | None = None, only: str | None = None) -> Path:
     Pipeline(cfg).run(start, only)
-    return Path(cfg.run_dir)
+    return Path(cfg.out_dir)
+
+
+def command() -> Command:
+    cmd = Command("python -m pipeline.run", __doc__, default_config=CONFIGS / "demo.yaml", presets=CONFIGS,
+                  flags=(OUT_DIR,))
+    group = cmd.add_mutually_exclusive_group()
+    group.add_argument("--from", dest="start", choices=STAGES, metavar="STAGE",
+                       help=f"re-run this stage and every later one ({', '.join(STAGES)}; default: every stage not done)")
+    group.add_argument("--only", choices=STAGES, metavar="STAGE", help="run just this stage (default: every stage not done)")
+    return cmd
 
 
 def cli(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", default=str(REPO / "pipeline/configs/demo.yaml"))
-    group = p.add_mutually_exclusive_group()
-    group.add_argument("--from", dest="start", help=f"re-run this stage and every later one ({', '.join(STAGES)})")
-    group.add_argument("--only", help="run just this stage")
-    p.add_argument("overrides", nargs="*", help="dotted.key=value, e.g. detection.trials=5")
-    args = p.parse_args(argv)
-    run(lambda: main(load_config(args.config, args.overrides), args.start, args.only))
+    args = command().parse(argv)
+    run(lambda: main(load_config(args.config, args.overrides, RULES), args.start, args.only))
 
 
 if __name__ == "__main__":

@@ -10,7 +10,8 @@ is all `core.distributed.init_distributed` reads, so DDP needs no torchrun. On p
 SLURM signals the job (USR2, 120 s ahead); the stage's loop finishes its step, saves and exits 75
 (core/preemption.py), then submitit requeues the same command, and because every stage resumes from
 the most advanced checkpoint in its output dir, re-running the command is the resume.
-`--local DIR` runs the job on this machine with submitit's local executor (for tests).
+`--local DIR` runs the job on this machine with submitit's local executor (for tests). Without
+arguments the help is printed (exit 2: no job was given).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import sys
 
 import submitit
 
-from core.preemption import REQUEUE_EXIT
+from core.cli import Command, fail
 
 
 class ResumableCommand(submitit.helpers.Checkpointable):
@@ -48,6 +49,8 @@ class ResumableCommand(submitit.helpers.Checkpointable):
             # exit 2 on bad input fails the job.
             runpy.run_module(self.module, run_name="__main__", alter_sys=True)
         except SystemExit as e:
+            from core.preemption import REQUEUE_EXIT  # torch: imported in the job, not by the launcher's --help
+
             if e.code == REQUEUE_EXIT and callable(requeue):
                 requeue(sig, None)  # submitit: log, resubmit this command, exit (rank 0; other ranks return)
             raise
@@ -67,22 +70,32 @@ def executor(args: argparse.Namespace) -> submitit.Executor:
     return ex
 
 
+def command() -> Command:
+    cmd = Command("python -m pipeline.slurm", __doc__, overrides=False)
+    cmd.add_argument("--partition", default="", help="SLURM partition")
+    cmd.add_argument("--nodes", type=int, default=1, help="nodes of the job")
+    cmd.add_argument("--gpus-per-node", type=int, default=8, help="GPUs, and tasks (processes), per node")
+    cmd.add_argument("--cpus-per-task", type=int, default=10, help="CPUs per task")
+    cmd.add_argument("--hours", type=float, default=72.0, help="time limit of one allocation; requeued after it")
+    cmd.add_argument("--max-requeues", type=int, default=20, help="time-outs after which the job gives up")
+    cmd.add_argument("--name", default="simsiam", help="job name")
+    cmd.add_argument("--log-dir", default="runs/slurm_logs", help="submitit's logs and job files")
+    cmd.add_argument("--local", metavar="DIR",
+                     help="run here with submitit's local executor, logs in DIR (default: submit to SLURM)")
+    return cmd
+
+
 def parse_args(argv=None) -> tuple[argparse.Namespace, str, list[str]]:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if "--" not in argv or argv.index("--") == len(argv) - 1:
-        raise SystemExit("usage: python -m pipeline.slurm [options] -- MODULE [ARGS...]  (see --help)")
-    split = argv.index("--")
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--partition", default="")
-    p.add_argument("--nodes", type=int, default=1)
-    p.add_argument("--gpus-per-node", type=int, default=8, help="also the tasks (processes) per node")
-    p.add_argument("--cpus-per-task", type=int, default=10)
-    p.add_argument("--hours", type=float, default=72.0, help="time limit of one allocation; requeued after it")
-    p.add_argument("--max-requeues", type=int, default=20, help="time-outs after which the job gives up")
-    p.add_argument("--name", default="simsiam")
-    p.add_argument("--log-dir", default="runs/slurm_logs")
-    p.add_argument("--local", default="", help="run here with submitit's local executor, logs in this dir")
-    args = p.parse_args(argv[:split])
+    cmd = command()
+    if not argv:  # nothing to submit: show what the command takes
+        cmd.print_help(sys.stderr)
+        sys.exit(2)
+    split = argv.index("--") if "--" in argv else len(argv)
+    args = cmd.parse(argv[:split])  # -h/--help prints the help and exits 0 here
+    if split >= len(argv) - 1:
+        fail("no job given: put `-- MODULE [ARGS...]` after the options, e.g. -- pipeline.run --config demo.yaml; "
+             "see python -m pipeline.slurm --help")
     module, *rest = argv[split + 1:]
     return args, module, rest
 

@@ -1,9 +1,9 @@
 """The paper's empirical study on your data: run chosen ablation variants, plot Figure 2, tabulate.
 
-    python -m pipeline.study [--studies stop_gradient,predictor/no_predictor | all] [--out runs/study]
-                             [--config pretrain/configs/study_embedded_cpu.yaml] [--nproc-per-node N]
-                             [dotted.key=value ...]
+    python -m pipeline.study [--studies stop_gradient,predictor/no_predictor | all] [--out-dir OUT]
+                             [--config study_embedded_cpu.yaml] [--nproc-per-node N] [dotted.key=value ...]
 
+OUT is the base config's out_dir (study_embedded_cpu.yaml: runs/study, under the current folder).
 Each variant of pipeline/studies.yaml is one ordinary pretraining run (the `pretrain.train` entry
 point, its checkpoints and metrics) in OUT/<study>/<variant>/: the base --config, then the
 overrides given here, then the variant's own. A finished variant is skipped on a re-run and an
@@ -22,7 +22,6 @@ A random-init backbone's kNN top-1 (same monitor settings) is the floor every va
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -33,13 +32,15 @@ from pathlib import Path
 import yaml
 
 from core.config import ConfigError, load_config
-from core.distributed import DistInfo
-from core.cli import UserError, run
+from core.files import is_done, write_bytes, write_json, write_text
+from core.cli import OUT_DIR, Command, UserError, run
+from core.progress import say_outputs
 from pipeline.report import fmt, plt, read_jsonl, save_plot, table
 from pipeline.run import REPO, pretrain_command
 
 STUDIES = Path(__file__).with_name("studies.yaml")
-DEFAULT_CONFIG = REPO / "pretrain/configs/study_embedded_cpu.yaml"
+PRESETS = REPO / "pretrain/configs"
+DEFAULT_CONFIG = PRESETS / "study_embedded_cpu.yaml"
 # A run counts as collapsed when its final z std is below this fraction of 1/sqrt(d). Healthy runs
 # stay near 1 (the paper's Figure 2: ~1/sqrt(d)); collapsing ones fall towards 0.
 COLLAPSE_RATIO = 0.6
@@ -73,15 +74,22 @@ def variant_overrides(base: list[str], variant: dict, out_dir: Path) -> list[str
             f"out_dir={out_dir}"]
 
 
+def pretrain_finished(run_dir: Path) -> bool:
+    """The pretraining run in run_dir finished (its done.json; `done` from before done.json)."""
+    return is_done(run_dir, "pretrain") or (run_dir / "done").exists()
+
+
 def run_variant(cmd_prefix: list, config: Path, overrides: list[str], out_dir: Path) -> str:
     """Run (or resume) one variant; returns its status: done, or why it did not finish."""
-    if (out_dir / "done").exists():
+    if pretrain_finished(out_dir):
         return "done"
     out_dir.mkdir(parents=True, exist_ok=True)
     cmd = [str(c) for c in [*cmd_prefix, "--config", config, *overrides]]
     print(f"[study] $ {' '.join(cmd)}", flush=True)
-    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHON": sys.executable}
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stderr=subprocess.PIPE)
+    # the caller's working directory, as pipeline.run's stages (the paths here are absolute)
+    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
+    env = {**os.environ, "PYTHONPATH": path, "PYTHON": sys.executable}
+    proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE)
     tail = b""
     while chunk := os.read(proc.stderr.fileno(), 1 << 14):  # passed through live: the progress bars
         sys.stderr.write(chunk.decode(errors="replace"))
@@ -99,8 +107,10 @@ def random_init_knn(config: Path, overrides: list[str], out: Path) -> float | No
         return json.loads(cached.read_text())["knn_top1"]
     import torch
 
-    from pretrain.data import eval_transform
-    from pretrain.loop import build_model, knn_monitor, knn_sets
+    from core.distributed import DistInfo
+    from core.images import eval_transform
+    from core.knn_monitor import knn_monitor, knn_sets
+    from core.models import build_model
 
     cfg = load_config(config, overrides)
     sets = knn_sets(cfg, eval_transform(cfg.data.crop_size))
@@ -108,7 +118,7 @@ def random_init_knn(config: Path, overrides: list[str], out: Path) -> float | No
         return None
     torch.manual_seed(cfg.seed)
     top1 = knn_monitor(build_model(cfg), cfg, DistInfo(0, 1, 0, torch.device("cpu")), sets)
-    cached.write_text(json.dumps({"knn_top1": top1, "arch": cfg.arch, "k": cfg.monitor.knn_k, "T": cfg.monitor.knn_t}))
+    write_json(cached, {"knn_top1": top1, "arch": cfg.arch, "k": cfg.monitor.knn_k, "T": cfg.monitor.knn_t}, indent=None)
     return top1
 
 
@@ -121,7 +131,7 @@ def finished_runs(out: Path) -> dict[str, Path]:
     """The runs a previous study command finished in `out`, by run_key of the config they saved."""
     found = {}
     for saved in sorted(out.glob("*/*/config.yaml")):
-        if (saved.parent / "done").exists():
+        if pretrain_finished(saved.parent):
             found.setdefault(run_key(yaml.safe_load(saved.read_text())), saved.parent)
     return found
 
@@ -183,16 +193,16 @@ def write_study_md(out: Path, studies: dict, chosen: dict, results: dict, baseli
                          r["status"]])
         lines += table(["variant", "switches", "paper top-1", "kNN top-1", "final loss", "z std x sqrt(d)",
                         "collapsed", "run"], rows) + [""]
-    path = out / "study.md"
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    return write_text(out / "study.md", "\n".join(lines) + "\n")
 
 
 def main(names: str, out: Path, config: Path, overrides: list[str], nproc_per_node: int = 1) -> Path:
     studies = load_studies()
     chosen = choose(studies, names)
+    from pretrain.train import load as load_pretrain  # the rules pretrain.train applies to every variant
+
     try:
-        base_cfg = load_config(config, overrides)
+        base_cfg = load_pretrain(config, overrides)
     except ConfigError as e:
         raise UserError(f"study base config: {e}") from None
     out.mkdir(parents=True, exist_ok=True)
@@ -218,29 +228,40 @@ def main(names: str, out: Path, config: Path, overrides: list[str], nproc_per_no
                                                "dim": cfg.model.dim}
         study_figure(out, name, studies[name]["title"], results[name], baseline)
     if "stop_gradient" in chosen:
-        (out / "figure2.png").write_bytes((out / "stop_gradient.png").read_bytes())
+        write_bytes(out / "figure2.png", (out / "stop_gradient.png").read_bytes())
     setup = (f"Base config `{Path(config).relative_to(REPO) if Path(config).is_relative_to(REPO) else config}` "
              f"with {' '.join(f'`{o}`' for o in overrides) or 'no overrides'}: {base_cfg.arch}, "
              f"{base_cfg.data.crop_size} px, batch {base_cfg.optim.batch_size}, {base_cfg.optim.epochs} epochs, "
              f"kNN k={base_cfg.monitor.knn_k} T={base_cfg.monitor.knn_t}.")
     path = write_study_md(out, studies, chosen, results, baseline, setup)
-    (out / "study.json").write_text(json.dumps(
-        {name: {label: {k: v for k, v in r.items() if k != "records"} for label, r in res.items()}
-         for name, res in results.items()} | {"random_init_knn_top1": baseline}, indent=2))
+    write_json(out / "study.json",
+               {name: {label: {k: v for k, v in r.items() if k != "records"} for label, r in res.items()}
+                for name, res in results.items()} | {"random_init_knn_top1": baseline})
     print(f"[study] {path}")
+    say_outputs("study", out)
     return path
 
 
+def command() -> Command:
+    cmd = Command("python -m pipeline.study", __doc__, default_config=DEFAULT_CONFIG, presets=PRESETS,
+                  flags=(OUT_DIR,))
+    cmd.add_argument("--studies", default="stop_gradient,predictor",
+                     help="comma-separated names from pipeline/studies.yaml, or all")
+    cmd.add_argument("--nproc-per-node", type=int, default=1, metavar="N",
+                     help="processes per variant (DDP through pretrain/run.sh)")
+    return cmd
+
+
 def cli(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--studies", default="stop_gradient,predictor",
-                   help="comma-separated names from pipeline/studies.yaml, or all")
-    p.add_argument("--out", type=Path, default=REPO / "runs/study", help="study directory")
-    p.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="base pretraining config of every variant")
-    p.add_argument("--nproc-per-node", type=int, default=1, help="processes per variant (DDP through pretrain/run.sh)")
-    p.add_argument("overrides", nargs="*", help="dotted.key=value applied to every variant, e.g. optim.epochs=20")
-    a = p.parse_args(argv)
-    run(lambda: main(a.studies, a.out.resolve(), a.config.resolve(), a.overrides, a.nproc_per_node))
+    a = command().parse(argv)
+
+    def study() -> Path:
+        # out_dir names the study folder here; each variant's own out_dir is set below it
+        out = Path(load_config(a.config, a.overrides).out_dir).resolve()
+        overrides = [o for o in a.overrides if not o.startswith("out_dir=")]
+        return main(a.studies, out, Path(a.config).resolve(), overrides, a.nproc_per_node)
+
+    run(study)
 
 
 if __name__ == "__main__":

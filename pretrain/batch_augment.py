@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from torchvision.transforms.v2 import functional as TF
 
-from pretrain.data import IMAGENET_MEAN, IMAGENET_STD
-from pretrain.fast_data import P, ViewBatch
+from core.images import IMAGENET_MEAN, IMAGENET_STD
+from pretrain.view_batch import P, ViewBatch
 
 SIGMA_MAX = 2.0
 KERNEL = 2 * math.ceil(3 * SIGMA_MAX) + 1  # 13 taps: +-3 sigma of the widest blur, one size for all

@@ -20,7 +20,8 @@ import torch
 from PIL import Image
 
 from core.cli import UserError
-from pretrain.fast_data import FastTwoViewDataset, ViewBatch
+from pretrain.fast_data import FastTwoViewDataset
+from pretrain.view_batch import ViewBatch
 
 
 class DaliLoader:

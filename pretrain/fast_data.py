@@ -31,10 +31,10 @@ from torchvision import transforms
 from torchvision.transforms import functional as TF
 
 from core.cli import UserError
+from core.images import IMAGENET_MEAN, IMAGENET_STD
+from pretrain.batch_augment import BatchAugment
 from pretrain.data import (
     BLUR_SIGMA,
-    IMAGENET_MEAN,
-    IMAGENET_STD,
     JITTER,
     P_BLUR,
     P_FLIP,
@@ -42,12 +42,10 @@ from pretrain.data import (
     P_JITTER,
     GaussianBlur,
     TwoViewDataset,
+    collate_skipping,
 )
+from pretrain.view_batch import P, ViewBatch
 
-# Layout of the per-view parameter vector handed to the device (float32).
-PARAMS = ("jitter", "brightness", "contrast", "saturation", "hue", "order0", "order1", "order2", "order3",
-          "gray", "blur", "sigma", "flip")
-P = {name: k for k, name in enumerate(PARAMS)}
 BACKENDS = ("official", "fast", "dali")
 DRAFT_SCALES = (8, 4, 2)  # the reduced DCT scales libjpeg offers, largest first
 
@@ -124,30 +122,6 @@ def pil_photometric(img: Image.Image, params) -> torch.Tensor:
     return TF.normalize(TF.to_tensor(img), IMAGENET_MEAN, IMAGENET_STD)
 
 
-class ViewBatch:
-    """uint8 crops (B, 3, S, S) and their parameters (B, len(PARAMS)); moves to a device as one.
-
-    It has .to() and .pin_memory() so that the training loop's `x1.to(device, ...)` and the
-    DataLoader's pinning work on it unchanged; BatchAugment turns it into the normalised tensor.
-    host_params stays on the CPU: BatchAugment picks the images of each op from it, so it never
-    waits on the GPU (a nonzero() of a GPU mask would sync at every op)."""
-
-    def __init__(self, pixels: torch.Tensor, params: torch.Tensor, host_params: torch.Tensor | None = None):
-        self.pixels, self.params = pixels, params
-        self.host_params = params if host_params is None else host_params
-
-    def to(self, device, non_blocking: bool = False, memory_format=None) -> "ViewBatch":
-        # memory_format applies to the float output (BatchAugment), not to the uint8 crops
-        return ViewBatch(self.pixels.to(device, non_blocking=non_blocking),
-                         self.params.to(device, non_blocking=non_blocking), self.host_params)
-
-    def pin_memory(self) -> "ViewBatch":
-        return ViewBatch(self.pixels.pin_memory(), self.params.pin_memory(), self.host_params)
-
-    def __len__(self) -> int:
-        return len(self.pixels)
-
-
 class FastTwoViewDataset(TwoViewDataset):
     """TwoViewDataset's items ((views, index), same seeding) with each view a (uint8 crop, parameters) pair."""
 
@@ -221,7 +195,6 @@ def fast_two_view_data(base, cfg, device: torch.device, pairs: int = 1):
     if cfg.data.backend == "dali":  # DALI yields crops on the device; the photometric ops follow there
         if cfg.data.skip_bad_images:
             raise UserError("data.skip_bad_images=true needs data.backend=fast or official (DALI fails a whole batch)")
-        from pretrain.batch_augment import BatchAugment
         return FastTwoViewDataset(base, cfg.data.crop_size, cfg.data.min_scale, cfg.data.blur, cfg.seed,
                                   pairs=pairs), collate_views, BatchAugment()
     where = cfg.data.photometric
@@ -232,7 +205,5 @@ def fast_two_view_data(base, cfg, device: torch.device, pairs: int = 1):
     dataset = FastTwoViewDataset(base, cfg.data.crop_size, cfg.data.min_scale, cfg.data.blur, cfg.seed, pairs=pairs,
                                  photometric=where)
     if where == "workers":
-        from pretrain.data import collate_skipping
         return dataset, collate_skipping, None
-    from pretrain.batch_augment import BatchAugment
     return dataset, collate_views, BatchAugment()

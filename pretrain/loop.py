@@ -12,42 +12,31 @@ from pathlib import Path
 import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
-from core.checkpoint import epoch_checkpoints, read_checkpoint, remove_stale_temp_files, save_atomic
-from core.config import Config, dump_config, load_config
+from core.checkpoint import epoch_checkpoints, read_checkpoint
+from core.config import Config, dump_config
 from core.distributed import all_reduce_mean, barrier, convert_sync_batchnorm, init_distributed
-from core.features import extract_features
-from core.knn import knn_accuracy
+from core.files import mark_done, remove_stale_temp_files, save_atomic
+from core.images import eval_transform, image_folder
+from core.knn_monitor import knn_monitor, knn_sets
 from core.lars import LARS
-from core.models import SimSiam
+from core.models import SimSiam, build_model
 from core.preemption import PreemptionFlag
+from core.progress import Progress, say_outputs
 from core.cli import UserError
 from core.runtime import MetricsLogger, check_writable_dir, git_revision, rng_state, seed_everything
-from pretrain.data import (
-    ResumableSampler,
-    TwoViewDataset,
-    collate_skipping,
-    drop_undecodable,
-    eval_transform,
-    image_folder,
-    simsiam_augmentation,
-)
+from core.sampling import ResumableSampler
+from core.schedule import cosine_lr, scaled_lr, set_lr
+from pretrain.data import TwoViewDataset, collate_skipping, simsiam_augmentation
 from pretrain.fast_data import fast_two_view_data
 from pretrain.loss import output_std
 from pretrain.objective import Objective, check_switches, view_pairs
-from pretrain.schedule import cosine_lr, scaled_lr, set_lr
 
 LAST = "checkpoint_last.pth.tar"  # mid-epoch checkpoint (save_every_steps, stop_after_steps)
 
 
 class TrainingStopped(UserError):
     """The run stopped on purpose: non-finite loss or collapse alarm."""
-
-
-def build_model(cfg: Config) -> SimSiam:
-    m = cfg.model
-    return SimSiam(cfg.arch, m.dim, m.pred_dim, m.proj_layers, head_bn=m.head_bn, predictor=m.predictor)
 
 
 def build_optimizer(model: SimSiam, cfg: Config, init_lr: float) -> torch.optim.Optimizer:
@@ -105,27 +94,6 @@ def resume(model, optimizer, objective, cfg, out_dir: Path) -> tuple[int, int, i
     optimizer.load_state_dict(ck["optimizer"])
     objective.load_state_dict(ck.get("objective", {}))
     return ck["epoch"], ck.get("step_in_epoch", 0), ck.get("global_step", 0), path
-
-
-def knn_sets(cfg: Config, transform):
-    """The kNN monitor's bank (knn_train_dir) and queries (knn_val_dir), or None when not configured."""
-    m = cfg.monitor
-    if not (m.knn_every and m.knn_train_dir and m.knn_val_dir):
-        return None
-    sets = [image_folder(d, transform) for d in (m.knn_train_dir, m.knn_val_dir)]
-    if cfg.data.skip_bad_images:
-        for ds in sets:
-            drop_undecodable(ds)
-    return sets
-
-
-def knn_monitor(model: SimSiam, cfg: Config, dist, sets) -> float:
-    """kNN top-1 of pool5 features from a clean centre-crop pass (official monitor: k=200, T=0.2)."""
-    bank, queries = sets
-    kw = dict(device=dist.device, batch_size=cfg.monitor.knn_batch_size, num_workers=cfg.data.workers, rank=dist.rank)
-    fb, lb = extract_features(model.encoder, bank, desc="knn bank", **kw)
-    fq, lq = extract_features(model.encoder, queries, desc="knn queries", **kw)
-    return knn_accuracy(fb, lb, fq, lq, len(bank.classes), k=cfg.monitor.knn_k, temperature=cfg.monitor.knn_t)["top1"]
 
 
 def main(cfg: Config) -> Path:
@@ -207,7 +175,7 @@ def train(cfg: Config, preempt: PreemptionFlag) -> Path:
         net.train()
         sums = {"loss": 0.0, "z_std": 0.0, "n": 0, "skipped": 0, "data_s": 0.0}
         t_epoch = t_data = time.perf_counter()
-        bar = tqdm(loader, desc=f"epoch {epoch}", disable=not dist.is_main, leave=False)
+        bar = Progress(loader, desc=f"pretrain epoch {epoch}", unit="step", enabled=dist.is_main)
         for step, (x1, x2, skipped, index) in enumerate(bar, start=first_step):
             sums["data_s"] += time.perf_counter() - t_data
             sums["skipped"] += skipped
@@ -287,5 +255,6 @@ def train(cfg: Config, preempt: PreemptionFlag) -> Path:
             preempt.exit(f"pretrain: preempted after epoch {epoch + 1}; saved {out_dir / f'checkpoint_{epoch + 1:04d}.pth.tar'}")
     logger.close()
     if dist.is_main:
-        (out_dir / "done").write_text(f"epochs {cfg.optim.epochs}\n")
+        mark_done(out_dir, "pretrain", epochs=cfg.optim.epochs)
+        say_outputs("pretrain", out_dir)
     return out_dir

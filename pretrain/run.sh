@@ -2,20 +2,33 @@
 # SimSiam pretraining launcher.
 #
 #   pretrain/run.sh
-#       no arguments: generate the embedded data (once) and train the small CPU preset here.
-#   pretrain/run.sh [torchrun options] [--config FILE] [key=value ...]
+#       no arguments: generate the embedded data (once) into ./data/embedded and train the small CPU
+#       preset (embedded_cpu.yaml) into its out_dir, ./runs/pretrain_embedded: both under the current folder.
+#   pretrain/run.sh [torchrun options] [--config FILE] [--out-dir DIR] [key=value ...]
 #       runs pretrain.train under torchrun. torchrun options: --nproc_per_node, --nnodes, --node_rank,
 #       --rdzv_backend, --rdzv_endpoint, --rdzv_id, --master_addr, --master_port, --max_restarts,
 #       --standalone. Example, one node of 8 GPUs:
-#       pretrain/run.sh --nproc_per_node 8 --config pretrain/configs/imagenet_100ep.yaml data.train_dir=/data/imagenet/train
+#       pretrain/run.sh --nproc_per_node 8 --config imagenet_100ep.yaml data.train_dir=/data/imagenet/train
 #       Two nodes: add --nnodes 2 --rdzv_backend c10d --rdzv_endpoint HOST:29500 --rdzv_id JOB on each.
+# Relative paths (--config, data dirs, out_dir) mean the caller's folder: the script does not cd; it
+# puts the repository on PYTHONPATH so that `-m pretrain.train` resolves from anywhere.
+# The config and the inputs are checked once (pretrain.train --check) before torchrun starts: a
+# mistake is one `error:` line and exit 2, not one per worker plus torchrun's traceback.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+REPO=$(cd "$(dirname "$0")/.." && pwd)
+export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
 PY=${PYTHON:-python}
 
+for arg in "$@"; do
+    case "$arg" in
+        -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; echo
+                   exec "$PY" -m pretrain.train --help ;;
+    esac
+done
+
 if [ $# -eq 0 ]; then
-    "$PY" -m embedded --out data/embedded
-    exec "$PY" -m pretrain.train --config pretrain/configs/embedded_cpu.yaml
+    "$PY" -m embedded --out-dir data/embedded
+    exec "$PY" -m pretrain.train --config embedded_cpu.yaml
 fi
 
 launcher=()
@@ -36,6 +49,22 @@ while [ $# -gt 0 ]; do
             train+=("$1"); shift ;;
     esac
 done
+
+# The processes of the whole run, for the check's batch divisibility test (1 when not numeric).
+nproc=1; nnodes=1
+for ((i = 0; i < ${#launcher[@]}; i++)); do
+    case "${launcher[i]}" in
+        --nproc_per_node=*|--nproc-per-node=*) nproc=${launcher[i]#*=} ;;
+        --nproc_per_node|--nproc-per-node) nproc=${launcher[i + 1]} ;;
+        --nnodes=*) nnodes=${launcher[i]#*=} ;;
+        --nnodes) nnodes=${launcher[i + 1]} ;;
+    esac
+done
+[[ "$nproc" =~ ^[0-9]+$ ]] || nproc=1
+[[ "$nnodes" =~ ^[0-9]+$ ]] || nnodes=1  # an elastic range such as 1:4: divisibility is checked by the workers
+status=0
+"$PY" -m pretrain.train --check --world-size $((nproc * nnodes)) "${train[@]}" >/dev/null || status=$?
+[ "$status" -eq 0 ] || exit "$status"
 
 # Preemption (see README "Reliability"): SIGTERM or SIGUSR1 reaching this script is passed to the
 # torchrun agent as SIGTERM; the agent forwards it to the workers, which save checkpoint_last and exit

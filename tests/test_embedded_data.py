@@ -269,7 +269,7 @@ def test_generates_into_existing_empty_dir_and_leaves_no_temp_dirs(tmp_path):
 
 def test_cli_writes_and_reports(tmp_path, capsys):
     out = tmp_path / "cli"
-    main(["--out", str(out), "--seed", "5", "--cls-image-size", "32", "--cls-train-per-class", "1",
+    main(["--out-dir", str(out), "--seed", "5", "--cls-image-size", "32", "--cls-train-per-class", "1",
           "--cls-val-per-class", "1", "--voc07-trainval", "2", "--voc07-test", "2", "--voc12-trainval", "2",
           "--coco-train", "1", "--coco-val", "1"])
     marker = json.loads((out / "embedded_data.json").read_text())

@@ -23,11 +23,15 @@ def blobs(n_per_class, classes=5, dim=32, seed=0, spread=0.5):
 def test_logistic_regression_reaches_known_accuracy():
     x, y = blobs(40)
     xv, yv = blobs(20, seed=1)
-    l2, table = logistic.choose_l2(x[None], y, 5, [1e-1, 1e-3], 0.2, seed=0, max_iter=100)
+    search = logistic.choose_l2(x[None], y, 5, [1e-1, 1e-3], 0.2, seed=0, max_iter=100)
+    l2, table = search.l2, search.table
     model = logistic.fit(x, y, 5, l2, max_iter=100)
     acc = (model.logits(xv).argmax(1) == yv).float().mean().item()
     assert acc == 1.0  # the margin (sqrt 2 between means, noise std 0.09 per axis) makes it certain
-    assert [r["l2"] for r in table] == [1e-1, 1e-3] and all(r["holdout_top1"] == 100.0 for r in table)
+    # Separable: every weaker L2 lowers the held-out loss, so the choice sits on the weak edge and the grid
+    # grows by its 3 allowed decades (before grid extensions this table was [1e-1, 1e-3]).
+    assert [r["l2"] for r in table] == [1e-1, 1e-3, 1e-4, 1e-5, 1e-6] and all(r["holdout_top1"] == 100.0 for r in table)
+    assert search.extensions == [1e-4, 1e-5, 1e-6] and search.at_edge
 
 
 def test_stratified_holdout():

@@ -94,7 +94,7 @@ def test_pickle_with_code_is_refused_everywhere(tmp_path, r18, tiny_folder):
 
 
 def test_detectron2_pkl_with_code_or_truncated_is_refused(tmp_path):
-    from transfer.train_det import load_pretrained
+    from transfer.trainer import load_pretrained
     from transfer.verify import SafeCheckpointer
 
     marker = tmp_path / "code_ran"

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pretrain.data import BadImageError, drop_undecodable, image_folder, load_rgb
+from core.images import BadImageError, drop_undecodable, image_folder, load_rgb
 from pretrain.loop import main
 from pretrain.train import cli
 from tests.conftest import tiny_config, tiny_overrides

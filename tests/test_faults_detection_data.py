@@ -41,7 +41,20 @@ def error(root, names) -> str:
 
 
 def test_pristine_data_registers(root):
+    """The checks pass clean data through: every listed image becomes a record with its boxes."""
+    from detectron2.data import DatasetCatalog
+
     register(root, VOC + COCO)
+    voc = DatasetCatalog.get(VOC[0])
+    assert [r["image_id"] for r in voc] == _ids(root)
+    assert all(r["annotations"] and all(a["bbox"][2] > a["bbox"][0] for a in r["annotations"]) for r in voc)
+    coco = DatasetCatalog.get(COCO[0])
+    assert len(coco) == DATA.coco_train
+    assert all(a["segmentation"] and a["bbox"][2] > 0 for r in coco for a in r["annotations"])
+
+
+def _ids(root):
+    return datasets.read_split_ids(root / "VOCdevkit" / "VOC2007" / "ImageSets" / "Main" / "trainval.txt")
 
 
 # ---------------------------------------------------------------- VOC XML
@@ -50,7 +63,7 @@ def _xml(root, file_id="000001"):
 
 
 def _first_id(root):
-    return datasets.read_split_ids(root / "VOCdevkit" / "VOC2007" / "ImageSets" / "Main" / "trainval.txt")[0]
+    return _ids(root)[0]
 
 
 def _edit_first_box(root, **values):

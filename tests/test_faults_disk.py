@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-import core.checkpoint as ckpt_mod
+import core.files as files_mod
 from core.checkpoint import read_checkpoint
 from pretrain.loop import LAST
 from pretrain.train import cli
@@ -43,7 +43,7 @@ def fill_disk_when_writing(monkeypatch, target: str, room: int = 4096):
         name = os.path.basename(os.readlink(f"/proc/self/fd/{fd}")) if isinstance(fd, int) else ""
         return _FullDisk(f, room) if name.startswith(f".{target}.") else f
 
-    monkeypatch.setattr(ckpt_mod.os, "fdopen", fdopen)
+    monkeypatch.setattr(files_mod.os, "fdopen", fdopen)
 
 
 def _one_error(capsys, overrides) -> str:
@@ -75,14 +75,14 @@ def test_output_dir_becomes_unwritable(tmp_path, tiny_folder, capsys, monkeypatc
     """The dir checked writable at start-up later refuses new files (permissions changed, read-only
     remount). Root ignores permission bits, so the refusal of mkstemp(2) is injected."""
     out = tmp_path / "out"
-    real = ckpt_mod.tempfile.mkstemp
+    real = files_mod.tempfile.mkstemp
 
     def mkstemp(*args, **kwargs):
         if kwargs.get("prefix", "").startswith(".checkpoint_0002"):
             raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(ckpt_mod.tempfile, "mkstemp", mkstemp)
+    monkeypatch.setattr(files_mod.tempfile, "mkstemp", mkstemp)
     err = _one_error(capsys, tiny_overrides(out, tiny_folder))
     assert f"cannot write {out / 'checkpoint_0002.pth.tar'}: Permission denied (EACCES)" in err
     assert read_checkpoint(out / "checkpoint_0001.pth.tar")["epoch"] == 1
@@ -101,9 +101,9 @@ def test_real_full_filesystem(tmp_path):
         pytest.skip("cannot mount a tmpfs here")
     try:
         path = mnt / "checkpoint_0001.pth.tar"
-        ckpt_mod.save_atomic({"w": torch.zeros(150_000)}, path)
-        with pytest.raises(ckpt_mod.CheckpointError, match="No space left on device"):
-            ckpt_mod.save_atomic({"w": torch.ones(150_000)}, path)
+        files_mod.save_atomic({"w": torch.zeros(150_000)}, path)
+        with pytest.raises(files_mod.WriteError, match="No space left on device"):
+            files_mod.save_atomic({"w": torch.ones(150_000)}, path)
         assert torch.equal(read_checkpoint(path)["w"], torch.zeros(150_000))
         assert [p.name for p in mnt.iterdir()] == [path.name]  # temp file removed
     finally:

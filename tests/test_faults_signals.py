@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from core.checkpoint import read_checkpoint
+from core.files import is_done
 from core.preemption import REQUEUE_EXIT, Preempted, PreemptionFlag
 from pretrain.loop import LAST, main
 from tests.conftest import tiny_config
@@ -40,7 +41,7 @@ def test_sigterm_saves_exits_75_and_resumes(tmp_path, tiny_folder, straight, cap
     assert proc.returncode == REQUEUE_EXIT, err[-3000:]
     assert took < 30  # one step and one save, not the rest of the run
     assert "pretrain: preempted" in err and "got SIGTERM" in err and "Traceback" not in err
-    assert not (out / "checkpoint_0004.pth.tar").exists() and not (out / "done").exists()
+    assert not (out / "checkpoint_0004.pth.tar").exists() and not is_done(out, "pretrain")
     # what it saved (LAST mid-epoch, or the epoch checkpoint it had just written) is whole
     saved = [p for p in out.glob("checkpoint_*.pth.tar")]
     assert all(read_checkpoint(p) for p in saved)
@@ -106,7 +107,7 @@ def test_pipeline_passes_signal_through_torchrun_and_exits_75(tmp_path, tiny_fol
     tiny = ["arch=resnet18", "device=cpu", "data.crop_size=32", "data.workers=0", "optim.batch_size=8",
             "optim.epochs=2", "model.dim=64", "model.pred_dim=16", "monitor.knn_every=0", "train.save_every_steps=1"]
     run = tmp_path / "run"
-    cmd = [sys.executable, "-m", "pipeline.run", f"run_dir={run}", f"data_root={data}", "generate_embedded=false",
+    cmd = [sys.executable, "-m", "pipeline.run", f"out_dir={run}", f"data_root={data}", "generate_embedded=false",
            f"pretrain.config={PRETRAIN_DEFAULTS}", f"pretrain.overrides={json.dumps(tiny)}",
            "pretrain.nproc_per_node=2", "--only", "pretrain"]
     proc = subprocess.Popen(cmd, cwd=REPO, env=fault_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -121,7 +122,7 @@ def test_pipeline_passes_signal_through_torchrun_and_exits_75(tmp_path, tiny_fol
     assert time.time() - sent < 60  # measured ~5 s: one step, one save, the agent's shutdown
     assert proc.returncode == REQUEUE_EXIT, err[-4000:]
     assert "pretrain: preempted at epoch" in err and "[pipeline:pretrain] preempted" in err
-    assert not (run / ".stages" / "pretrain.done").exists() and not (run / "pretrain" / "done").exists()
+    assert not is_done(run, "pretrain") and not is_done(run / "pretrain", "pretrain")
     assert 2 <= read_checkpoint(last)["global_step"] < 8  # saved mid-run; resuming it is what the tests above prove
 
 
@@ -163,7 +164,7 @@ def test_detection_hook_saves_a_resumable_checkpoint_and_exits(tmp_path):
     """The hook the detectron2 trainer runs after every iteration (Trainer.build_hooks adds it)."""
     from detectron2.checkpoint import DetectionCheckpointer
 
-    from transfer.train_det import PreemptionHook
+    from transfer.trainer import PreemptionHook
 
     class FakeTrainer:  # what the hook uses of detectron2's trainer
         iter = 6
@@ -195,7 +196,7 @@ def test_pipeline_forwards_to_a_stage_without_checkpoints(tmp_path):
     from pipeline.run import Pipeline
     from tests.conftest import REPO
 
-    pipe = Pipeline(load_config(REPO / "pipeline/configs/demo.yaml", [f"run_dir={tmp_path}"]))
+    pipe = Pipeline(load_config(REPO / "pipeline/configs/demo.yaml", [f"out_dir={tmp_path}"]))
     timer = threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGTERM))  # arrives while the stage runs
     timer.start()
     started = time.time()
@@ -210,7 +211,7 @@ def test_detection_fine_tuning_stops_on_signal_and_resumes(tmp_path, monkeypatch
     import json
 
     from embedded.generator import EmbeddedDataConfig, generate
-    from transfer import train_det
+    from transfer import train_det, trainer
     from transfer.convert import convert
 
     root = generate(tmp_path / "data", EmbeddedDataConfig(seed=0, cls_train_per_class=1, cls_val_per_class=1,
@@ -221,7 +222,7 @@ def test_detection_fine_tuning_stops_on_signal_and_resumes(tmp_path, monkeypatch
     argv = ["--config-file", "tiny_pascal_voc_R_50_C4.yaml", "--data-root", str(root), "MODEL.WEIGHTS", str(weights),
             "OUTPUT_DIR", str(out), "SOLVER.MAX_ITER", "3", "TEST.PRECISE_BN.NUM_ITER", "1",
             "DATALOADER.NUM_WORKERS", "0", "MODEL.RPN.POST_NMS_TOPK_TEST", "16", "TEST.DETECTIONS_PER_IMAGE", "16"]
-    real_step, calls = train_det.Trainer.run_step, {"n": 0}
+    real_step, calls = trainer.Trainer.run_step, {"n": 0}
 
     def step_with_signal(self):
         calls["n"] += 1
@@ -229,7 +230,7 @@ def test_detection_fine_tuning_stops_on_signal_and_resumes(tmp_path, monkeypatch
             os.kill(os.getpid(), signal.SIGTERM)
         return real_step(self)
 
-    monkeypatch.setattr(train_det.Trainer, "run_step", step_with_signal)
+    monkeypatch.setattr(trainer.Trainer, "run_step", step_with_signal)
     with pytest.raises(Preempted, match="detection: preempted after iteration 1"):
         train_det.main(train_det.parse_args(argv))
     trial = out / "trial0"
@@ -238,14 +239,14 @@ def test_detection_fine_tuning_stops_on_signal_and_resumes(tmp_path, monkeypatch
     state = saved["trainer"]  # what --resume restores: iteration, lr schedule, optimizer (momentum)
     assert saved["iteration"] == state["iteration"] == 1 and "LRScheduler" in state["hooks"]
     assert "optimizer" in state["_trainer"]
-    assert not (trial / train_det.RESULTS_FILE).exists()
+    assert not (trial / trainer.RESULTS_FILE).exists()
     resumed_iters = []
 
     def counted_step(self):
         resumed_iters.append(self.iter)
         return real_step(self)
 
-    monkeypatch.setattr(train_det.Trainer, "run_step", counted_step)
+    monkeypatch.setattr(trainer.Trainer, "run_step", counted_step)
     train_det.main(train_det.parse_args(["--resume", *argv]))
     assert resumed_iters == [2]  # only what was left of iterations 0..2
-    assert "bbox" in json.loads((trial / train_det.RESULTS_FILE).read_text())["results"]
+    assert "bbox" in json.loads((trial / trainer.RESULTS_FILE).read_text())["results"]

@@ -14,6 +14,7 @@ import torch
 
 from core.checkpoint import read_checkpoint
 from core.config import load_config
+from core.files import DONE, is_done
 from embedded.generator import EmbeddedDataConfig, generate
 from core.runtime import file_sha256
 from pipeline.run import STAGES, dataset_fingerprint, main
@@ -29,7 +30,7 @@ DET = ["SOLVER.MAX_ITER", "2", "TEST.PRECISE_BN.NUM_ITER", "1", "DATALOADER.NUM_
 
 
 def overrides(run_dir: Path, data_root: Path, **extra) -> list[str]:
-    items = {"run_dir": run_dir, "data_root": data_root, "generate_embedded": False,
+    items = {"out_dir": run_dir, "data_root": data_root, "generate_embedded": False,
              "pretrain.overrides": json.dumps(PRETRAIN), "eval.overrides": json.dumps(EVAL),
              "detection.overrides": json.dumps(DET), "detection.backbones": '["pretrained"]'}
     items.update(extra)
@@ -54,7 +55,7 @@ def finished_run(tmp_path_factory, data_root):
 
 def test_chain_runs_end_to_end_and_reports(finished_run):
     run = finished_run
-    assert all((run / ".stages" / f"{s}.done").exists() for s in STAGES)
+    assert all(is_done(run, s) for s in STAGES) and is_done(run / "pretrain", "pretrain")
     assert (run / "pretrain" / "checkpoint_0002.pth.tar").exists()
     for job, tables in (("voc", ["bbox"]), ("coco", ["bbox", "segm"])):
         summary = json.loads((run / "detection" / job / "pretrained" / "trials_summary.json").read_text())
@@ -78,7 +79,7 @@ def test_manifest_hashes_match_the_files(finished_run, data_root):
 
 
 def test_rerun_skips_finished_stages(finished_run, data_root, capsys):
-    stamps = {p: p.stat().st_mtime_ns for p in (finished_run / ".stages").iterdir()}
+    stamps = {p: p.stat().st_mtime_ns for p in (finished_run / DONE, finished_run / "pretrain" / DONE)}
     ckpt = finished_run / "pretrain" / "checkpoint_0002.pth.tar"
     before = ckpt.stat().st_mtime_ns
     main(config(finished_run, data_root))
@@ -100,7 +101,7 @@ def test_killed_pretraining_resumes_to_the_same_weights(tmp_path, data_root):
     assert proc.poll() is None, "pretraining ended before it could be killed"
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    assert not (killed / ".stages" / "pretrain.done").exists()
+    assert not is_done(killed, "pretrain") and not is_done(killed / "pretrain", "pretrain")
     main(config(killed, data_root), only="pretrain")
     a = read_checkpoint(straight / "pretrain" / "checkpoint_0002.pth.tar")["state_dict"]
     b = read_checkpoint(killed / "pretrain" / "checkpoint_0002.pth.tar")["state_dict"]

@@ -214,6 +214,7 @@ def test_empty_run_dir_and_cli(tmp_path):
 
     run = tmp_path / "RUN"
     run.mkdir()
+    (run / "pipeline_config.yaml").write_text("")  # a run that pipeline.run started and no stage finished
     cli([str(run), "--dataset", "embedded"])
     md = (run / "report" / "report.md").read_text()
     assert "Pretraining: not run" in md and "Evaluation: not run" in md

@@ -9,11 +9,12 @@ from torch import nn
 from core.checkpoint import read_checkpoint
 from core.config import ConfigError, load_config
 from core.lars import LARS
-from core.models import HEAD_BN, SimSiam
-from pretrain.data import TwoViewDataset, collate_skipping, image_folder, simsiam_augmentation
+from core.images import image_folder
+from core.models import HEAD_BN, SimSiam, build_model
+from pretrain.data import TwoViewDataset, collate_skipping, simsiam_augmentation
 from pretrain.loss import cross_entropy_similarity, simsiam_loss
 from pretrain.objective import Objective, check_switches
-from pretrain.loop import build_model, build_optimizer, main
+from pretrain.loop import build_optimizer, main
 from tests.conftest import PRETRAIN_DEFAULTS, tiny_config
 
 D, B = 16, 6  # output dim and batch of the stub tensors
@@ -92,7 +93,7 @@ def test_identity_predictor_predicts_z_itself():
 
 
 def test_decayed_predictor_lr_is_the_fix_pred_lr_switch():
-    from pretrain.schedule import set_lr
+    from core.schedule import set_lr
 
     for fix, expected in ((True, 0.1), (False, 0.05)):
         cfg, model, _, _ = tiny_model_and_batch(f"optim.fix_pred_lr={str(fix).lower()}")

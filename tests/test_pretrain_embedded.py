@@ -9,7 +9,7 @@ import torch
 from core.checkpoint import load_backbone
 from core.features import extract_features
 from core.knn import knn_accuracy
-from pretrain.data import eval_transform, image_folder
+from core.images import eval_transform, image_folder
 from pretrain.loop import main
 from tests.conftest import tiny_config
 

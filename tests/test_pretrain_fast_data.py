@@ -9,10 +9,12 @@ from PIL import Image
 from bench.photos import write_photo_folder
 from core.checkpoint import read_checkpoint
 from core.cli import UserError
+from core.images import BadImageError, image_folder, load_rgb
+from core.sampling import sample_seed
 from pretrain.batch_augment import BatchAugment, reference_view
-from pretrain.data import BadImageError, TwoViewDataset, image_folder, load_rgb, sample_seed, simsiam_augmentation
-from pretrain.fast_data import (P, PARAMS, FastTwoViewDataset, ViewBatch, collate_views, crop_resize, draft_scale,
-                                official_view)
+from pretrain.data import TwoViewDataset, simsiam_augmentation
+from pretrain.fast_data import FastTwoViewDataset, collate_views, crop_resize, draft_scale, official_view
+from pretrain.view_batch import P, PARAMS, ViewBatch
 from pretrain.loop import LAST, main
 from tests.conftest import tiny_config
 
@@ -181,7 +183,7 @@ def test_dali_backend_matches_official_statistics_and_resumes(tmp_path, tiny_fol
     # resize filter -> the same tolerances as the fast path's.
     pytest.importorskip("nvidia.dali")
     from pretrain.dali_data import DaliLoader
-    from pretrain.data import ResumableSampler
+    from core.sampling import ResumableSampler
 
     fast = FastTwoViewDataset(photos, 224, seed=1)
     sampler = ResumableSampler(fast, 1, 0, 0)

@@ -13,7 +13,8 @@ import torch
 from scipy import stats
 from torchvision import transforms
 
-from pretrain.fast_data import P, ViewSampler
+from pretrain.fast_data import ViewSampler
+from pretrain.view_batch import P
 
 N, W, H = 20000, 500, 375
 P_MIN = 1e-3

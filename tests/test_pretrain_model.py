@@ -9,7 +9,7 @@ from torch import nn
 from core.config import ConfigError, load_config
 from core.models import SimSiam, build_backbone
 from pretrain.loss import negative_cosine, output_std, simsiam_loss
-from pretrain.schedule import cosine_lr, scaled_lr, set_lr
+from core.schedule import cosine_lr, scaled_lr, set_lr
 from pretrain.loop import build_optimizer
 from tests.conftest import PRETRAIN_DEFAULTS, REPO
 
@@ -130,9 +130,32 @@ def test_defaults_are_the_official_recipe():
     assert (cifar.optim.weight_decay, cifar.optim.base_lr, cifar.data.crop_size) == (5e-4, 0.03, 32)
 
 
-def test_every_shipped_config_resolves():
-    for path in (REPO / "pretrain/configs").glob("*.yaml"):
-        load_config(path)
+def test_every_shipped_preset_is_what_its_name_says():
+    """Each preset differs from the official recipe only where its name and comment say."""
+    recipe = load_config(PRETRAIN_DEFAULTS).to_dict()
+
+    def changed(name: str) -> dict:
+        cfg = load_config(REPO / "pretrain/configs" / name).to_dict()
+        flat = lambda d, p="": {f"{p}{k}": v for key, val in d.items()  # noqa: E731
+                                for k, v in (flat(val, f"{key}.").items() if isinstance(val, dict) else [(key, val)])}
+        a, b = flat(recipe), flat(cfg)
+        return {k: b[k] for k in b if b[k] != a[k] and k != "out_dir"}
+
+    # the paper's run trains in fp32 like the official code; only monitoring and saving differ
+    assert changed("imagenet_100ep.yaml") == {"data.workers": 12, "monitor.knn_every": 10, "train.save_every_steps": 1000}
+    assert changed("imagenet_100ep_bf16.yaml") == {**changed("imagenet_100ep.yaml"), "train.amp": "bf16",
+                                                   "train.channels_last": True}
+    assert changed("imagenet_200ep_bs256.yaml") == {**changed("imagenet_100ep.yaml"), "optim.batch_size": 256,
+                                                    "optim.epochs": 200}
+    demo = changed("embedded_cpu.yaml")
+    assert (demo["optim.batch_size"], demo["optim.epochs"], demo["data.crop_size"]) == (64, 8, 64)
+    assert "arch" not in demo and not any(k.startswith(("model.", "loss.")) for k in demo)  # the recipe's model and loss
+    study = changed("study_embedded_cpu.yaml")
+    assert study["arch"] == "resnet18" and study["optim.epochs"] == 12
+    assert not any(k.startswith(("model.", "loss.")) for k in study)  # variants add their own switches
+    shipped = {p.name for p in (REPO / "pretrain/configs").glob("*.yaml")} - {"defaults.yaml"}
+    assert shipped == {"imagenet_100ep.yaml", "imagenet_100ep_bf16.yaml", "imagenet_200ep_bs256.yaml",
+                       "embedded_cpu.yaml", "study_embedded_cpu.yaml", "cifar10_800ep.yaml"}
 
 
 def test_config_is_strict(tmp_path):

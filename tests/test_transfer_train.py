@@ -21,7 +21,8 @@ from embedded.generator import CLASS_NAMES, EmbeddedDataConfig, generate
 from core.cli import UserError
 from transfer.convert import convert
 from transfer.datasets import EXPECTED_LAYOUT
-from transfer.train_det import RESULTS_FILE, SUMMARY_FILE, main, parse_args
+from transfer.train_det import main, parse_args
+from transfer.trainer import RESULTS_FILE, SUMMARY_FILE
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -89,7 +90,7 @@ def test_faster_rcnn_c4_on_embedded_voc(tmp_path, data_root, weights):
     assert saved["summary"]["bbox"]["AP"]["values"] == [record["results"]["bbox"]["AP"]]
     cfg_text = (tmp_path / "voc" / "trial0" / "config.yaml").read_text()
     assert "NUM_CLASSES: 10" in cfg_text and "Res5ROIHeadsExtraNorm" in cfg_text  # embedded classes
-    assert "embedded synthetic data" in (tmp_path / "voc" / "log.txt").read_text()
+    assert "class names: dataset metadata (embedded_data.json" in (tmp_path / "voc" / "log.txt").read_text()
     # --eval-only on the trained model (precise-BN statistics included) reproduces the trial's numbers
     evaluated = run("tiny_pascal_voc_R_50_C4.yaml", data_root, tmp_path / "voc" / "trial0" / "model_final.pth",
                     tmp_path / "voc_eval", "--eval-only")

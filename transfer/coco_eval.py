@@ -16,7 +16,8 @@ import os
 
 import numpy as np
 from detectron2.evaluation import COCOEvaluator
-from detectron2.utils.file_io import PathManager
+
+from core.files import write_text
 
 BACKENDS = ("faster", "pycocotools")
 
@@ -83,8 +84,7 @@ class BackendCOCOEvaluator(COCOEvaluator):
             for r in coco_results:
                 r["category_id"] = to_dataset_id[r["category_id"]]
         if self._output_dir:
-            with PathManager.open(os.path.join(self._output_dir, "coco_instances_results.json"), "w") as f:
-                f.write(json.dumps(coco_results))
+            write_text(os.path.join(self._output_dir, "coco_instances_results.json"), json.dumps(coco_results))
         if not self._do_evaluation:
             return
         self._logger.info("Evaluating predictions with the %s COCO backend", self._backend)

@@ -26,7 +26,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from core.checkpoint import CheckpointError, load_backbone_state, write_atomic
+from core.checkpoint import CheckpointError, load_backbone_state
+from core.files import write_atomic
 
 ARCH = "resnet50"  # the C4 recipe is defined for ResNet-50 only
 _LAYER_RE = re.compile(r"^layer([1-4])$")

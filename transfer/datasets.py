@@ -4,9 +4,10 @@ detectron2 registers the same names at import from $DETECTRON2_DATASETS (default
 replace those entries so the data root is explicit, the layout is checked before any training, and
 bad annotations fail with one message naming the file.
 
-Class names: VOC uses detectron2's 20 VOC classes, unless the root carries the embedded generator's
-marker (`embedded_data.json`): then the generator's shape classes. COCO takes its classes from the
-json's `categories` (detectron2's loader), so the switch only matters for NUM_CLASSES.
+Class names come from the dataset, not from code: VOC uses detectron2's 20 VOC classes, unless the
+root carries a metadata file (`embedded_data.json`, written by `python -m embedded`) whose
+`class_names` list then applies. COCO takes its classes from the json's `categories` (detectron2's
+loader), so the switch only matters for NUM_CLASSES.
 """
 
 from __future__ import annotations
@@ -23,8 +24,6 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import register_coco_instances, register_pascal_voc
 from detectron2.data.datasets.pascal_voc import CLASS_NAMES as VOC_CLASS_NAMES
 
-from embedded.generator import CLASS_NAMES as EMBEDDED_CLASS_NAMES
-from embedded.generator import MARKER_NAME
 from core.cli import UserError
 
 logger = logging.getLogger(__name__)
@@ -46,8 +45,11 @@ EXPECTED_LAYOUT = (  # one line: errors are printed as one line
     "VOCdevkit/VOC2012/{Annotations/*.xml, ImageSets/Main/trainval.txt, JPEGImages/*.jpg}; "
     "coco/annotations/instances_{train,val}2017.json with coco/{train,val}2017/*.jpg "
     "(set the root with --data-root or $DETECTRON2_DATASETS; "
-    "`python -m embedded --out DIR` writes a small synthetic one)"
+    "`python -m embedded --out-dir DIR` writes a small synthetic one)"
 )
+# The data root's metadata file (the embedded generator writes it): its `class_names` override VOC's.
+# Read by name: the file is the contract between the generator and this stage, not the generator's code.
+METADATA_FILE = "embedded_data.json"
 # What detectron2's VOC loader and evaluator read from every object.
 _VOC_OBJECT_FIELDS = ("name", "pose", "truncated", "difficult", "bndbox/xmin", "bndbox/ymin", "bndbox/xmax", "bndbox/ymax")
 
@@ -62,17 +64,29 @@ def default_data_root() -> Path:
     return Path(os.path.expanduser(os.getenv("DETECTRON2_DATASETS", "datasets")))
 
 
-def is_embedded(root: str | Path) -> bool:
-    return (Path(root) / MARKER_NAME).is_file()
+def metadata_class_names(root: str | Path) -> tuple[str, ...] | None:
+    """The `class_names` of the data root's metadata file, in label order; None without the file."""
+    path = Path(root) / METADATA_FILE
+    if not path.is_file():
+        return None
+    try:
+        names = json.loads(path.read_text()).get("class_names")
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+        names = None
+    if not (isinstance(names, list) and names and all(isinstance(n, str) and n for n in names)
+            and len(set(names)) == len(names)):
+        raise UserError(f"{path} has no valid class_names (a list of distinct class names in label order); "
+                        "data written by an older `python -m embedded` lacks it: delete the data root and "
+                        "regenerate it, or add the list")
+    return tuple(names)
 
 
 def class_info(root: str | Path, dataset_names) -> ClassInfo:
     """The class list the configured datasets use (see module docstring)."""
     names = list(dataset_names)
-    embedded = is_embedded(root)
-    if embedded:
-        return ClassInfo(EMBEDDED_CLASS_NAMES, f"embedded synthetic data ({MARKER_NAME} in {root}): "
-                                               f"{len(EMBEDDED_CLASS_NAMES)} shape classes")
+    listed = metadata_class_names(root)
+    if listed is not None:
+        return ClassInfo(listed, f"dataset metadata ({METADATA_FILE} in {root}): {len(listed)} classes")
     if all(n in VOC_SPLITS for n in names):
         return ClassInfo(tuple(VOC_CLASS_NAMES), "Pascal VOC: the 20 VOC classes")
     return ClassInfo(None, "COCO: classes from the annotation json's categories")
@@ -80,6 +94,31 @@ def class_info(root: str | Path, dataset_names) -> ClassInfo:
 
 def _missing(paths: list[Path]) -> list[Path]:
     return [p for p in paths if not p.exists()]
+
+
+def _required_paths(name: str, root: Path) -> list[Path]:
+    """The folders and files split `name` needs under root (PROTOCOL.md section 7)."""
+    if name in VOC_SPLITS:
+        folder, split, _ = VOC_SPLITS[name]
+        dirname = root / "VOCdevkit" / folder
+        return [dirname / "Annotations", dirname / "JPEGImages", dirname / "ImageSets" / "Main" / f"{split}.txt"]
+    if name in COCO_SPLITS:
+        image_dir, json_file = COCO_SPLITS[name]
+        return [root / json_file, root / image_dir]
+    raise UserError(f"unknown dataset {name!r}; this trainer registers " + ", ".join([*VOC_SPLITS, *COCO_SPLITS]))
+
+
+def check_layout(dataset_names, root: str | Path) -> None:
+    """The data root and every folder and split file the named datasets need exist.
+
+    Cheap (no annotation is read), so transfer.finetune runs it before the ~15 s weight conversion;
+    registration runs it first too, then reads every annotation (validate_voc / validate_coco)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise UserError(f"data root {root} does not exist; {EXPECTED_LAYOUT}")
+    for name in dict.fromkeys(dataset_names):  # keep order, drop repeats
+        if missing := _missing(_required_paths(name, root)):
+            raise _layout_error(name, missing)
 
 
 def _layout_error(name: str, missing: list[Path]) -> UserError:
@@ -235,9 +274,6 @@ def _replace(name: str) -> None:
 def register_voc(name: str, root: Path, class_names) -> None:
     folder, split, year = VOC_SPLITS[name]
     dirname = root / "VOCdevkit" / folder
-    need = [dirname / "Annotations", dirname / "JPEGImages", dirname / "ImageSets" / "Main" / f"{split}.txt"]
-    if missing := _missing(need):
-        raise _layout_error(name, missing)
     count = validate_voc(dirname, split, class_names)
     _replace(name)
     register_pascal_voc(name, str(dirname), split, year, class_names=tuple(class_names))
@@ -247,8 +283,6 @@ def register_voc(name: str, root: Path, class_names) -> None:
 
 def register_coco(name: str, root: Path) -> None:
     image_dir, json_file = (root / p for p in COCO_SPLITS[name])
-    if missing := _missing([json_file, image_dir]):
-        raise _layout_error(name, missing)
     validate_coco(json_file)
     _replace(name)
     register_coco_instances(name, {}, str(json_file), str(image_dir))
@@ -272,14 +306,10 @@ def register_coco(name: str, root: Path) -> None:
 def register_datasets(dataset_names, root: str | Path, classes: ClassInfo) -> None:
     """Register each named split from `root`; unknown names and missing files raise UserError."""
     root = Path(root)
-    if not root.is_dir():
-        raise UserError(f"data root {root} does not exist; {EXPECTED_LAYOUT}")
+    check_layout(dataset_names, root)
     logger.info("class names: %s", classes.source)
     for name in dict.fromkeys(dataset_names):  # keep order, drop repeats
         if name in VOC_SPLITS:
             register_voc(name, root, classes.names or VOC_CLASS_NAMES)
-        elif name in COCO_SPLITS:
-            register_coco(name, root)
         else:
-            raise UserError(f"unknown dataset {name!r}; this trainer registers "
-                            + ", ".join([*VOC_SPLITS, *COCO_SPLITS]))
+            register_coco(name, root)

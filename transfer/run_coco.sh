@@ -1,18 +1,14 @@
 #!/usr/bin/env bash
 # Convert a ResNet-50 checkpoint to detectron2 and fine-tune + evaluate Mask R-CNN R50-C4 on COCO 2017
-# (SimSiam Table 5 / MoCo recipe). See transfer/README.md for the paper commands and fewer GPUs.
+# (SimSiam Table 5 / MoCo recipe): python -m transfer.finetune with the coco_1x.yaml preset
+# (90k iterations, one trial). See transfer/README.md for the paper commands and fewer GPUs.
 #
-# usage: transfer/run_coco.sh CHECKPOINT OUT_DIR [KEY VALUE ...]  (extra detectron2 config overrides)
-#   CHECKPOINT  SimSiam / MoCo / torchvision ResNet-50 file, or `random` (the scratch baseline)
-# environment (all optional):
-#   DATA_ROOT  folder holding coco/            (default: $DETECTRON2_DATASETS, else ./datasets)
-#   CONFIG     detectron_configs/ name or path (default: coco_R_50_C4_1x.yaml; coco_R_50_C4_2x.yaml;
-#              tiny_coco_R_50_C4.yaml = CPU smoke test)
-#   TRIALS     fine-tuning runs with seeds SEED..SEED+TRIALS-1 (default 1)
-#   SEED       first seed (default 0);  NUM_GPUS  processes (default: visible GPUs, else 1 on CPU)
-#   COCO_EVAL  faster (default) or pycocotools: scoring backend, same AP
-#   PYTHON     interpreter (default: python)
-# Re-running with the same OUT_DIR and --resume among the overrides continues: finished trials are skipped.
+# usage: transfer/run_coco.sh --checkpoint CKPT --out-dir OUT [--data-root DIR] [--config PRESET] [key=value ...]
+#   --config coco_2x.yaml: 2x schedule; tiny_coco.yaml: CPU smoke run. Keys: transfer/configs/defaults.yaml
+#   (trials=1 seed=0 num_gpus=0 coco_eval=pycocotools resume=true d2_opts='[SOLVER.BASE_LR, 0.01]' ...).
+# Runs the python3 on PATH (activate the project's venv); relative paths are the caller's.
 set -euo pipefail
-if [ $# -lt 2 ]; then sed -n '5,15p' "$0" >&2; exit 2; fi
-exec bash "$(dirname "$0")/finetune.sh" coco_R_50_C4_1x.yaml 1 "$@"
+repo=$(cd "$(dirname "$0")/.." && pwd)
+export PYTHONPATH="$repo${PYTHONPATH:+:$PYTHONPATH}"
+# exec: a preemption signal sent to this script reaches the trainer, which saves and exits 75
+exec python3 -m transfer.finetune --config coco_1x.yaml "$@"

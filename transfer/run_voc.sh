@@ -1,17 +1,14 @@
 #!/usr/bin/env bash
 # Convert a ResNet-50 checkpoint to detectron2 and fine-tune + evaluate Faster R-CNN R50-C4 on VOC
-# (SimSiam Table 5 / MoCo recipe). See transfer/README.md for the paper commands and fewer GPUs.
+# (SimSiam Table 5 / MoCo recipe): python -m transfer.finetune with the voc.yaml preset
+# (VOC07+12, 24k iterations, 5 trials). See transfer/README.md for the paper commands and fewer GPUs.
 #
-# usage: transfer/run_voc.sh CHECKPOINT OUT_DIR [KEY VALUE ...]   (extra detectron2 config overrides)
-#   CHECKPOINT  SimSiam / MoCo / torchvision ResNet-50 file, or `random` (the scratch baseline)
-# environment (all optional):
-#   DATA_ROOT  folder holding VOCdevkit/       (default: $DETECTRON2_DATASETS, else ./datasets)
-#   CONFIG     detectron_configs/ name or path (default: pascal_voc_R_50_C4_24k.yaml = VOC07+12;
-#              pascal_voc07_R_50_C4_9k.yaml = VOC07 only; tiny_pascal_voc_R_50_C4.yaml = CPU smoke test)
-#   TRIALS     fine-tuning runs with seeds SEED..SEED+TRIALS-1 (default 5: the paper reports a 5-trial mean)
-#   SEED       first seed (default 0);  NUM_GPUS  processes (default: visible GPUs, else 1 on CPU)
-#   PYTHON     interpreter (default: python)
-# Re-running with the same OUT_DIR and --resume among the overrides continues: finished trials are skipped.
+# usage: transfer/run_voc.sh --checkpoint CKPT --out-dir OUT [--data-root DIR] [--config PRESET] [key=value ...]
+#   --config voc07.yaml: VOC07 only; tiny_voc.yaml: CPU smoke run. Keys: transfer/configs/defaults.yaml
+#   (trials=5 seed=0 num_gpus=0 resume=true d2_opts='[SOLVER.BASE_LR, 0.01]' ...).
+# Runs the python3 on PATH (activate the project's venv); relative paths are the caller's.
 set -euo pipefail
-if [ $# -lt 2 ]; then sed -n '5,14p' "$0" >&2; exit 2; fi
-exec bash "$(dirname "$0")/finetune.sh" pascal_voc_R_50_C4_24k.yaml 5 "$@"
+repo=$(cd "$(dirname "$0")/.." && pwd)
+export PYTHONPATH="$repo${PYTHONPATH:+:$PYTHONPATH}"
+# exec: a preemption signal sent to this script reaches the trainer, which saves and exits 75
+exec python3 -m transfer.finetune --config voc.yaml "$@"

@@ -7,9 +7,10 @@ undefined and reported as None.
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
+
+from core import files
 
 METRICS = ("AP", "AP50", "AP75")
 TASK_NAMES = {"bbox": "box", "segm": "mask"}
@@ -70,9 +71,7 @@ def _finite_or_none(obj):
 
 
 def write_json(obj, path: str | Path) -> Path:
+    """Strict JSON (NaN/inf as null) through the project's writer; creates the parent folder."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(_finite_or_none(obj), indent=2, allow_nan=False) + "\n")
-    tmp.replace(path)
-    return path
+    return files.write_json(path, _finite_or_none(obj), allow_nan=False)

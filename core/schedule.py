@@ -1,4 +1,5 @@
-"""Learning-rate schedules: pure functions of the epoch, so they are unit-testable and resumable."""
+"""Learning-rate schedules of pretraining and the linear probe: pure functions of the epoch, so they are
+unit-testable and resumable."""
 
 from __future__ import annotations
 
