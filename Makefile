@@ -14,8 +14,8 @@ $(STAMP): pyproject.toml transfer/install_detectron2.sh
 	PYTHON=$(PY) bash transfer/install_detectron2.sh   # after fvcore & co, which it imports
 	touch $@
 
-test: setup
-	$(PY) -m pytest
+test: setup   # both cores: one pytest worker each, a test file stays on one worker (its module fixtures are built once)
+	$(PY) -m pytest -n 2 --dist loadfile
 
 demo: setup
 	$(PY) -m pipeline.run --config pipeline/configs/demo.yaml

@@ -44,8 +44,8 @@ def run(dry: bool | None = None) -> list[dict]:
         demo = [py, "-m", "pipeline.run", "--config", "pipeline/configs/demo.yaml",
                 f"out_dir={tmp}/demo", f"data_root={tmp}/data"] + (["--only", "data"] if dry else [])
         demo_s, demo_ok = _timed(demo, "demo chain" + (" (dry: data stage only)" if dry else ""))
-    tests = [py, "-m", "pytest", "-q", "-p", "no:cacheprovider"] + (
-        ["tests/test_pretrain_fast_data_distribution.py"] if dry else [])
+    tests = [py, "-m", "pytest", "-q", "-p", "no:cacheprovider"] + (  # make test's command: both cores
+        ["tests/pretrain/test_fast_data_distribution.py"] if dry else ["-n", "2", "--dist", "loadfile"])
     tests_s, tests_ok = _timed(tests, "test suite" + (" (dry: one file)" if dry else ""))
     tag = " (DRY: a slice only)" if dry else ""
     return [{"name": f"demo chain wall time, minutes{tag}", "ratio": demo_s / 60, "goal": f"<= {GOAL_MIN:g} min, exit 0",

@@ -1,13 +1,16 @@
 """Checkpoint reads (weights-only) and the one backbone loader every stage uses; checkpoints are
 written by core.files.save_atomic, the writer of every file.
 
-The loader accepts, and says which it found:
-  simsiam      ours or the official SimSiam checkpoints: `state_dict` with `module.encoder.*`
-  moco         MoCo v1/v2: `state_dict` with `module.encoder_q.*`
-  torchvision  a plain ResNet state dict (`conv1.weight`, ...), bare or under `state_dict`/`model`
-  random       the literal path "random": a freshly initialised backbone (the "scratch" baseline)
+The loader reads every format of core/checkpoint_formats.py (SimSiam, MoCo v1/v2/v3, BYOL, SwAV,
+SimCLR v1/v2, Barlow Twins, VICReg, DINO, DenseCL, PixPro, solo-learn, lightly, mmselfsup, timm,
+torchvision), detected from the file or named by the escape hatches (`Choice`: --format,
+--checkpoint-key, --prefix), and says what it decided (`Detection`: format, container, prefix,
+tensors kept and dropped, the input normalisation the weights expect). Besides:
+  random       the literal path "random": a freshly initialised backbone with the architecture's
+               standard torchvision init (zero_init_residual off), seeded: the random-init baseline
 It returns plain torchvision backbone keys without the classifier (`fc.*`), checks the key set and
-shapes against the architecture explicitly, and refuses partial or non-finite weights.
+shapes against the architecture explicitly, and refuses partial or non-finite weights: nothing is
+ever loaded partially.
 """
 
 from __future__ import annotations
@@ -17,16 +20,12 @@ from pathlib import Path
 
 import torch
 
-from core.cli import UserError
+from core.checkpoint_formats import Choice, Detection, detect, random_detection
+from core.errors import CheckpointError
 from core.models import ARCHS, build_backbone
 
 RANDOM = "random"
-_PREFIXES = (("module.encoder.", "simsiam"), ("module.encoder_q.", "moco"), ("encoder.", "simsiam"))
 _CKPT_RE = re.compile(r"checkpoint_(\d{4,})\.pth\.tar$")
-
-
-class CheckpointError(UserError):
-    """A checkpoint that cannot be used; the message names the file, the problem and the fix."""
 
 
 def epoch_checkpoints(out_dir: str | Path) -> list[Path]:
@@ -52,30 +51,16 @@ def read_checkpoint(path: str | Path) -> dict:
     return obj
 
 
-def _inner_state_dict(obj: dict) -> dict:
-    for key in ("state_dict", "model"):
-        if key in obj and isinstance(obj[key], dict):
-            return obj[key]
-    return obj
+def detect_backbone(obj: dict, source: str = "<dict>", choice: Choice | None = None) -> Detection:
+    """The format of a loaded checkpoint and its backbone (torchvision keys, fc dropped); see
+    core/checkpoint_formats.py. One-line CheckpointError when no format or several fit."""
+    return detect(obj, source, choice or Choice())
 
 
-def backbone_state_from_checkpoint(obj: dict, source: str = "<dict>") -> tuple[dict, str]:
-    """Extract plain torchvision backbone keys (classifier/projector `fc.*` dropped) and the format name."""
-    sd = _inner_state_dict(obj)
-    tensors = {k: v for k, v in sd.items() if isinstance(v, torch.Tensor)}
-    for prefix, kind in _PREFIXES:
-        if any(k.startswith(prefix) for k in tensors):
-            picked = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
-            break
-    else:
-        if "conv1.weight" not in tensors:
-            sample = ", ".join(list(sd)[:5])
-            raise CheckpointError(
-                f"{source}: unrecognised checkpoint layout (first keys: {sample}). Expected SimSiam "
-                "'module.encoder.*', MoCo 'module.encoder_q.*' or torchvision ResNet keys ('conv1.weight', ...)"
-            )
-        picked, kind = tensors, "torchvision"
-    return {k: v for k, v in picked.items() if not k.startswith("fc.")}, kind
+def backbone_state_from_checkpoint(obj: dict, source: str = "<dict>", choice: Choice | None = None) -> tuple[dict, str]:
+    """Extract plain torchvision backbone keys (heads, momentum encoders, `fc.*` dropped) and the format name."""
+    detection = detect_backbone(obj, source, choice)
+    return detection.state, detection.format
 
 
 def _arch_hint(state: dict, arch: str) -> str:
@@ -111,22 +96,47 @@ def check_backbone_state(state: dict, arch: str, source: str = "<dict>") -> None
             raise CheckpointError(f"{source}: tensor {k} holds NaN or inf; the run that wrote it diverged")
 
 
-def load_backbone_state(path: str | Path, arch: str = "resnet50", seed: int = 0) -> tuple[dict, str]:
+def load_backbone_state(path: str | Path, arch: str = "resnet50", seed: int = 0,
+                        choice: Choice | None = None) -> tuple[dict, str]:
     """Backbone weights (torchvision keys, no fc) from any supported checkpoint, or 'random' init."""
     if str(path) == RANDOM:
         torch.manual_seed(seed)
-        state = {k: v for k, v in build_backbone(arch).state_dict().items() if not k.startswith("fc.")}
+        # The literature's random init is the architecture's standard one: zero_init_residual is a
+        # training trick that would switch every residual branch off (core/models.py build_backbone).
+        # Its BN statistics are still the init's (0, 1); eval re-estimates them (core/bn_stats.py).
+        net = build_backbone(arch, zero_init_residual=False)
+        state = {k: v for k, v in net.state_dict().items() if not k.startswith("fc.")}
         return state, RANDOM
-    state, kind = backbone_state_from_checkpoint(read_checkpoint(path), str(path))
-    check_backbone_state(state, arch, str(path))
-    return state, kind
+    detection = read_backbone(path, arch, choice)
+    return detection.state, detection.format
 
 
-def load_backbone(path: str | Path, arch: str = "resnet50", seed: int = 0, num_classes: int = 1000):
-    """A torchvision ResNet with the checkpoint's backbone weights; its fc is left at init."""
-    state, kind = load_backbone_state(path, arch, seed)
+def read_backbone(path: str | Path, arch: str = "resnet50", choice: Choice | None = None) -> Detection:
+    """A checkpoint file's Detection (format, normalisation, report) with its strictly checked state."""
+    detection = detect_backbone(read_checkpoint(path), str(path), choice)
+    if detection.archs and arch not in detection.archs:
+        raise CheckpointError(f"{path}: {detection.format} checkpoints hold {' or '.join(detection.archs)} "
+                              f"backbones, not {arch}; pass --arch {detection.archs[0]} (config key arch)")
+    check_backbone_state(detection.state, arch, str(path))
+    return detection
+
+
+def load_backbone_detected(path: str | Path, arch: str = "resnet50", seed: int = 0,
+                           choice: Choice | None = None) -> tuple[dict, Detection]:
+    """(state, Detection) of a checkpoint or of 'random': what stages need to follow the format
+    (its input normalisation) and to report what was read."""
+    if str(path) == RANDOM:
+        return load_backbone_state(path, arch, seed)[0], random_detection(arch)
+    detection = read_backbone(path, arch, choice)
+    return detection.state, detection
+
+
+def load_backbone(path: str | Path, arch: str = "resnet50", seed: int = 0, num_classes: int = 1000,
+                  choice: Choice | None = None):
+    """(net, Detection): a torchvision ResNet with the checkpoint's backbone weights; its fc is left at init."""
+    state, detection = load_backbone_detected(path, arch, seed, choice)
     net = build_backbone(arch, num_classes=num_classes)
     missing, unexpected = net.load_state_dict(state, strict=False)
     leftover = {k for k in missing if not k.endswith("num_batches_tracked")}
     assert leftover == {"fc.weight", "fc.bias"} and not unexpected, (leftover, unexpected)
-    return net, kind
+    return net, detection

@@ -7,3 +7,7 @@ It lives in a module of its own so that core.config and core.cli can both use it
 
 class UserError(ValueError):
     """Bad input from the user: printed as one line by core.cli.run, exit 2, no traceback."""
+
+
+class CheckpointError(UserError):
+    """A checkpoint that cannot be used; the message names the file, the problem and the fix."""

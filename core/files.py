@@ -4,7 +4,7 @@ Every file goes through `write_atomic`: a temp file in the target's directory, w
 fsynced, given the mode the user's umask gives a new file, renamed over the target, then the directory
 fsynced. A crash or a kill leaves the old file or the new one, never half of one; a full disk leaves
 the old one and says so; teammates on a shared cluster can read what we write (mkstemp alone creates
-files at 0600). tests/test_core_files.py walks the code base so that a writer bypassing this module
+files at 0600). tests/core/test_files.py walks the code base so that a writer bypassing this module
 fails the suite.
 
 Documented exceptions, each written somewhere that is already safe:

@@ -15,23 +15,25 @@ from PIL import Image
 from torchvision import datasets, transforms
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
+from core.checkpoint_formats import IMAGENET
 from core.cli import UserError
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+# One source: the ImageNet normalisation is also the default input normalisation of checkpoint formats.
+IMAGENET_MEAN, IMAGENET_STD = IMAGENET.mean, IMAGENET.std
 
 
 class BadImageError(UserError):
     """An image file that cannot be decoded."""
 
 
-def eval_transform(size: int = 224) -> transforms.Compose:
-    """Clean view for kNN/linear evaluation: resize to size*256/224, centre crop `size`, normalise."""
+def eval_transform(size: int = 224, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> transforms.Compose:
+    """Clean view for kNN/linear evaluation: resize to size*256/224, centre crop `size`, normalise with
+    the mean/std the checkpoint's format expects (ImageNet's; SimCLR's [0, 1] inputs: mean 0, std 1)."""
     return transforms.Compose([
         transforms.Resize(round(size * 256 / 224)),
         transforms.CenterCrop(size),
         transforms.ToTensor(),
-        transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        transforms.Normalize(mean, std),
     ])
 
 

@@ -16,11 +16,18 @@ from torch import nn
 if TYPE_CHECKING:  # annotation only: the model does not need the config machinery to import
     from core.config import Config
 
-ARCHS = ("resnet50", "resnet18", "resnet18_cifar")
+ARCHS = ("resnet50", "resnet18", "resnet34", "resnet101", "resnet152", "resnet18_cifar")
 
 
-def build_backbone(arch: str, num_classes: int = 1000, zero_init_residual: bool = True) -> nn.Module:
-    """A torchvision ResNet; `resnet18_cifar` has a 3x3 stride-1 stem and no max-pool (32x32 inputs)."""
+def build_backbone(arch: str, num_classes: int = 1000, zero_init_residual: bool = False) -> nn.Module:
+    """A torchvision ResNet with the architecture's standard init; `resnet18_cifar` has a 3x3 stride-1
+    stem and no max-pool (32x32 inputs).
+
+    zero_init_residual (the last BN of every residual branch starts at 0, so each block starts as the
+    identity) is a training trick of the SimSiam recipe, which turns it on in SimSiam below. It is off by
+    default because an untrained network built with it is not the literature's random-init baseline:
+    every branch is switched off and the features of different images nearly coincide.
+    """
     if arch not in ARCHS:
         raise ValueError(f"unknown arch {arch!r}; choose one of {', '.join(ARCHS)}")
     tv_name = "resnet18" if arch == "resnet18_cifar" else arch

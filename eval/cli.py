@@ -18,7 +18,10 @@ CONFIGS = Path(__file__).parent / "configs"
 DEFAULT_CONFIG = CONFIGS / "defaults.yaml"
 
 FLAGS = (
-    Flag("--checkpoint", "checkpoint", 'checkpoint file (SimSiam, MoCo, torchvision) or "random"', "PATH"),
+    Flag("--checkpoint", "checkpoint", 'checkpoint file of any format of core/checkpoint_formats.py, or "random"', "PATH"),
+    Flag("--format", "checkpoint_format", "read the checkpoint as this format (empty: detected)", "NAME"),
+    Flag("--checkpoint-key", "checkpoint_key", "top-level key holding the backbone (e.g. student for DINO)", "KEY"),
+    Flag("--prefix", "checkpoint_prefix", "prefix stripped from the backbone's keys (empty: the format's)", "PREFIX"),
     Flag("--arch", "arch", "backbone of the checkpoint", "ARCH"),
     Flag("--train-dir", "data.train_dir", "ImageFolder root of the labelled training images", "DIR"),
     Flag("--val-dir", "data.val_dir", "ImageFolder root of the validation images", "DIR"),
@@ -32,20 +35,23 @@ def rules() -> dict:
     """The range of every eval key a protocol cannot use otherwise (PROTOCOL.md sections 3 and 4).
 
     A function, not a constant: the arch choices come from the model code, which imports torch."""
+    from core.bn_stats import BN_STATS
+    from core.checkpoint_formats import NAMES
     from core.config import DEVICE, at_least, in_range, int_at_least, one_of, positive
     from core.models import ARCHS
 
     count, non_negative = int_at_least(1), int_at_least(0)
     return {
-        "arch": one_of(*ARCHS), "device": DEVICE, "seed": non_negative,
+        "arch": one_of(*ARCHS), "device": DEVICE, "seed": non_negative, "checkpoint_format": one_of("", *NAMES),
         "data.image_size": count, "data.workers": non_negative, "features.batch_size": count,
-        "knn.memory_mb": positive(),
+        "knn.memory_mb": positive(), "knn.precision": one_of("float32", "bf16", "fp16"),
         "linear.epochs": count, "linear.batch_size": count, "linear.optimizer": one_of("lars", "sgd"),
         "linear.base_lr": positive(), "linear.momentum": in_range(0, 1, low_open=False),
         "linear.weight_decay": at_least(0), "linear.lars_trust": positive(),
         "linear.min_scale": in_range(0, 1, high_open=False), "linear.save_every": count,
         "fast_probe.aug_views": non_negative, "fast_probe.holdout_fraction": in_range(0, 1),
         "fast_probe.max_iter": count,
+        "random_init.bn_stats": one_of(*BN_STATS), "random_init.bn_images": int_at_least(2),
     }
 
 

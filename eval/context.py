@@ -8,11 +8,13 @@ from pathlib import Path
 
 from torchvision import transforms
 
+from core.bn_stats import reestimate_bn_stats
 from core.checkpoint import RANDOM, load_backbone
+from core.checkpoint_formats import IMAGENET, Choice, Normalization
 from core.config import Config, dump_config
 from core.distributed import init_distributed
 from core.files import mark_done, write_json
-from core.images import IMAGENET_MEAN, IMAGENET_STD, eval_transform, image_folder
+from core.images import eval_transform, image_folder
 from core.models import ARCHS, feature_dim
 from core.progress import say_outputs
 from core.cli import UserError
@@ -21,14 +23,20 @@ from eval.feature_cache import LAYER, SeededView, cached_features
 
 
 
-def train_augmentation(size: int, min_scale: float) -> transforms.Compose:
-    """The linear probe's training view (official): RandomResizedCrop(size) + horizontal flip."""
+def train_augmentation(size: int, min_scale: float, norm: Normalization = IMAGENET) -> transforms.Compose:
+    """The linear probe's training view (official): RandomResizedCrop(size) + horizontal flip, then the
+    input normalisation of the checkpoint's format."""
     return transforms.Compose([
         transforms.RandomResizedCrop(size, scale=(min_scale, 1.0)),
         transforms.RandomHorizontalFlip(),
         transforms.ToTensor(),
-        transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        transforms.Normalize(norm.mean, norm.std),
     ])
+
+
+def checkpoint_choice(cfg: Config) -> Choice:
+    """The escape hatches of the config (checkpoint_format / checkpoint_key / checkpoint_prefix)."""
+    return Choice.of(cfg.checkpoint_format, cfg.checkpoint_key, cfg.checkpoint_prefix)
 
 
 class EvalContext:
@@ -52,33 +60,55 @@ class EvalContext:
         self.out_dir = check_writable_dir(cfg.out_dir)
         self.cache_dir = Path(cfg.features.cache_dir or self.out_dir / "feature_cache")
         seed_everything(cfg.seed)
-        self.val_transform = eval_transform(cfg.data.image_size)
-        self.train_set = image_folder(cfg.data.train_dir, self.val_transform)
-        self.val_set = image_folder(cfg.data.val_dir, self.val_transform)
+        # transforms are set once the checkpoint's format tells the input normalisation (below)
+        self.train_set = image_folder(cfg.data.train_dir)
+        self.val_set = image_folder(cfg.data.val_dir)
         if self.val_set.classes != self.train_set.classes:
             only_val = sorted(set(self.val_set.classes) - set(self.train_set.classes))
             only_train = sorted(set(self.train_set.classes) - set(self.val_set.classes))
             raise UserError(f"val dir {cfg.data.val_dir} and train dir {cfg.data.train_dir} have different classes "
                             f"(only in val: {only_val[:5]}, only in train: {only_train[:5]}); labels would not match")
         self.num_classes = len(self.train_set.classes)
-        self.net, kind = load_backbone(cfg.checkpoint, cfg.arch, cfg.seed, num_classes=self.num_classes)
+        self.net, self.detection = load_backbone(cfg.checkpoint, cfg.arch, cfg.seed, num_classes=self.num_classes,
+                                                 choice=checkpoint_choice(cfg))
+        self.normalization = self.detection.normalization
+        self.val_transform = eval_transform(cfg.data.image_size, self.normalization.mean, self.normalization.std)
+        self.train_set.transform = self.val_set.transform = self.val_transform
         self.net.requires_grad_(False)
         self.net.eval()  # frozen: BN uses the checkpoint's running statistics, always
         self.net.to(self.dist.device)
         is_random = str(cfg.checkpoint) == RANDOM
+        # A random backbone's BN statistics are a stated choice (random_init.bn_stats), part of its identity.
+        self.random_init = self._random_init_record() if is_random else None
         self.checkpoint_id = {
             "path": RANDOM if is_random else str(Path(cfg.checkpoint).resolve()),
             "sha256": None if is_random else file_sha256(cfg.checkpoint),
-            "kind": kind,
+            "kind": self.detection.format,
+            "read": self.detection.selection(),  # which tensors of the file: the key of features and probes
             "arch": cfg.arch,
             "seed": cfg.seed if is_random else None,
+            "random_init": self.random_init,
         }
         self._memo = {}
         if self.dist.is_main:
             dump_config(cfg, self.out_dir / "eval_config.yaml")
             c = self.checkpoint_id
+            if not is_random:
+                print(self.detection.report())
             print(f"eval: {c['kind']} checkpoint {c['path']} ({cfg.arch}), {len(self.train_set)} train / "
                   f"{len(self.val_set)} val images, {self.num_classes} classes, device {self.dist.device}")
+
+    def _random_init_record(self) -> dict:
+        """Re-estimate the random backbone's BN statistics on training images (bn_stats: recompute) or keep
+        the init's mean 0 / var 1 (init); either way, say which in the protocol."""
+        ri = self.cfg.random_init
+        record = {"init": "torchvision standard init, zero_init_residual off", "bn_stats": ri.bn_stats}
+        if ri.bn_stats == "init":
+            return {**record, "method": "running mean 0 / var 1 of the init, eval mode"}
+        # centre crops of train, the images the features are taken of; seeded subset, so the cache key holds
+        done = reestimate_bn_stats(self.net, self.train_set, ri.bn_images, batch_size=self.cfg.features.batch_size,
+                                   seed=self.cfg.seed, device=self.dist.device, num_workers=self.cfg.data.workers)
+        return {**record, **done}
 
     # ------------------------------------------------------------------ features
 
@@ -95,7 +125,7 @@ class EvalContext:
 
     def augmented_train_features(self, view: int):
         """(feats, labels, info) of augmented view `view` of the training set (linear probe's train aug)."""
-        aug = train_augmentation(self.cfg.data.image_size, self.cfg.linear.min_scale)
+        aug = train_augmentation(self.cfg.data.image_size, self.cfg.linear.min_scale, self.normalization)
         return self._features(f"train view {view}", SeededView(self.train_set, aug, self.cfg.seed, view))
 
     # ------------------------------------------------------------------ provenance
@@ -114,6 +144,7 @@ class EvalContext:
             "num_classes": self.num_classes,
             "image_size": cfg.data.image_size,
             "val_transform": repr(self.val_transform),
+            "input_normalization": self.normalization.to_dict(),
             "seed": cfg.seed,
             "device": str(self.dist.device),
             "world_size": self.dist.world_size,

@@ -25,6 +25,7 @@ import torch
 
 from core.config import Config
 from core.knn import topk_accuracy
+from core.stats import encode_correct
 from core.cli import UserError
 from eval import logistic
 from eval.cli import run_protocol
@@ -108,7 +109,10 @@ def main(cfg: Config, ctx: EvalContext | None = None) -> dict:
     fit_s = time.perf_counter() - start
     val_feats, val_labels, val_info = ctx.center_features("val")
     with torch.no_grad():
-        acc = topk_accuracy(model.logits(val_feats.to(device)), val_labels.to(device))
+        val_logits = model.logits(val_feats.to(device))
+        acc = topk_accuracy(val_logits, val_labels.to(device))
+        # top-1 right (1) or wrong (0) per val image in val order: the paired comparison of inits
+        correct = encode_correct(val_logits.topk(1, dim=1).indices[:, 0].cpu() == val_labels.cpu())
     top1, top5 = round(acc["top1"], 4), round(acc["top5"], 4)
     warnings = convergence_warnings(model.report, search, list(fp.l2_grid))
     result = {
@@ -122,7 +126,7 @@ def main(cfg: Config, ctx: EvalContext | None = None) -> dict:
             stopping=f"max |gradient entry| <= {fp.grad_rel_tol:g} x objective; {fp.max_iter} iterations is a "
                      "safety cap, reaching it is reported as not converged",
             max_iter=fp.max_iter, grad_rel_tol=fp.grad_rel_tol),
-        "fast_probe": {"top1": top1, "top5": top5, "chosen_l2": search.l2,
+        "fast_probe": {"top1": top1, "top5": top5, "chosen_l2": search.l2, "correct": correct,
                        # every fit, final and held-out, met its gradient tolerance: only then is top1 the optimum's
                        "converged": model.report["converged"] and all(r["fit"]["converged"] for r in search.table),
                        "warnings": warnings, "fit": model.report, "grid_extensions": search.extensions,

@@ -73,8 +73,11 @@ def image_folder_of(dataset) -> datasets.ImageFolder:
 def cache_key(checkpoint_id: dict, dataset) -> tuple[str, dict]:
     """(hex key, the description it hashes); checkpoint_id holds sha256 (or None for random), arch, seed."""
     ckpt = {"sha256": checkpoint_id["sha256"], "arch": checkpoint_id["arch"]}
+    if checkpoint_id.get("read"):  # which tensors of the file (a DINO teacher vs its student)
+        ckpt["read"] = checkpoint_id["read"]
     if checkpoint_id["sha256"] is None:  # a random init is identified by its seed
         ckpt["random_seed"] = checkpoint_id["seed"]
+        ckpt["random_init"] = checkpoint_id.get("random_init")  # its BN statistics: recomputed or the init's
     info = {
         "format": FORMAT_VERSION,
         "checkpoint": ckpt,

@@ -5,7 +5,9 @@
 Bank: l2-normalised features of the whole training set from a clean centre-crop pass; each val image
 takes its k most cosine-similar bank images, which vote exp(sim / T) for their class. Peers disagree
 on (k, T), so every configured pair is reported with its k, T and layer: (200, 0.2) is the official
-SimSiam monitor, (20, 0.07) the DINO / mmselfsup one.
+SimSiam monitor, (20, 0.07) the DINO / mmselfsup one. The whole grid costs one similarity pass
+(core.knn.knn_grid: top-k at the largest k once, every pair from its prefix). knn.precision=bf16|fp16
+runs that product in reduced precision on a GPU and reports how many float32 neighbours it kept.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ if __name__ == "__main__":  # python -m eval.knn: parse before the imports below
     raise SystemExit  # the protocol ran as the module eval.knn, which run_protocol imported
 
 from core.config import Config
-from core.knn import knn_accuracy
+from core.stats import encode_correct
+from core.knn import MIN_OVERLAP, knn_grid, ranked_accuracy
 from core.cli import UserError, warn
 from eval.cli import run_protocol
 from eval.context import EvalContext
@@ -44,20 +47,33 @@ def main(cfg: Config, ctx: EvalContext | None = None) -> dict:
     bank, bank_labels, bank_info = ctx.center_features("train")
     queries, query_labels, query_info = ctx.center_features("val")
     device = ctx.dist.device
-    rows = []
-    for k, t in pairs:
+    precision = cfg.knn.precision
+    if precision != "float32" and device.type != "cuda":  # CPUs have no fast bf16/fp16 product: it would only lose
+        if ctx.dist.is_main:
+            warn(f"knn.precision={precision} needs a GPU; running the kNN product in float32 on {device.type}")
+        precision = "float32"
+    for k, _ in pairs:
         if k > len(bank) and ctx.dist.is_main:  # core.knn clamps k to the bank: say so, the row is not what it claims
             warn(f"knn k={k} is larger than the bank ({len(bank)} training images); the vote uses all {len(bank)}")
-        acc = knn_accuracy(bank.to(device), bank_labels.to(device), queries.to(device), query_labels.to(device),
-                           ctx.num_classes, k=k, temperature=t, memory_mb=cfg.knn.memory_mb)
+    rankings, pass_info = knn_grid(bank.to(device), bank_labels.to(device), queries.to(device), ctx.num_classes, pairs,
+                                   memory_mb=cfg.knn.memory_mb, precision=precision)
+    if pass_info.get("overlap_ok") is False and ctx.dist.is_main:
+        warn(f"knn.precision={precision} kept only {100 * pass_info['neighbour_overlap']:.1f}% of float32's nearest "
+             f"neighbours (threshold {100 * MIN_OVERLAP:g}%); use knn.precision=float32 for reportable numbers")
+    rows = []
+    for k, t in pairs:
+        acc = ranked_accuracy(rankings[(k, t)], query_labels)
         rows.append({"k": k, "T": t, "setting": KNOWN_SETTINGS.get((k, t), "custom"),
-                     "top1": round(acc["top1"], 4), "top5": round(acc["top5"], 4)})
+                     "top1": round(acc["top1"], 4), "top5": round(acc["top5"], 4),
+                     # top-1 right (1) or wrong (0) per val image in val order: the paired comparison of inits
+                     "correct": encode_correct(rankings[(k, t)][:, 0].cpu() == query_labels.cpu())})
         if ctx.dist.is_main:
             print(f"knn k={k} T={t:g} ({rows[-1]['setting']}): top1 {acc['top1']:.2f}  top5 {acc['top5']:.2f}")
     result = {
         "protocol": ctx.protocol(method="weighted kNN, votes exp(cos/T), l2-normalised pool5, bank = train centre crops",
                                  knn_grid=[[k, t] for k, t in pairs]),
         "knn": rows,
+        "similarity_pass": pass_info,
         "features": {"train": bank_info, "val": query_info},
     }
     ctx.write_result("knn", result)

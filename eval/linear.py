@@ -46,7 +46,7 @@ from core.runtime import MetricsLogger
 from core.sampling import ResumableSampler
 from core.schedule import cosine_lr, scaled_lr, set_lr
 from eval.cli import run_protocol
-from eval.context import EvalContext, train_augmentation
+from eval.context import EvalContext, checkpoint_choice, train_augmentation
 from eval.feature_cache import SeededView
 
 CHECKPOINT = "linear_probe.pth.tar"
@@ -89,7 +89,11 @@ def check_backbone_unchanged(net: nn.Module, cfg: Config, initial: dict, epoch: 
     """Every non-fc parameter and buffer must equal the checkpoint's bit for bit (tensors the checkpoint
     lacks, such as num_batches_tracked in some exports, must equal their value at load)."""
     with torch.random.fork_rng(devices=[]):  # a "random" checkpoint reseeds to rebuild its weights
-        expected, _ = load_backbone_state(cfg.checkpoint, cfg.arch, cfg.seed)
+        expected, _ = load_backbone_state(cfg.checkpoint, cfg.arch, cfg.seed, checkpoint_choice(cfg))
+    if str(cfg.checkpoint) == "random" and cfg.random_init.bn_stats == "recompute":
+        # its BN statistics (and their batch counters) were re-estimated on data at load (eval/context.py):
+        # the values after loading are the reference
+        expected = {k: v for k, v in expected.items() if "running_" not in k and not k.endswith("num_batches_tracked")}
     changed = [k for k, v in net.state_dict().items()
                if not k.startswith("fc.") and not torch.equal(v.cpu(), expected.get(k, initial[k]))]
     if changed:
@@ -127,7 +131,7 @@ def main(cfg: Config, ctx: EvalContext | None = None) -> dict:
     val_feats, val_labels, val_info = ctx.center_features("val")
     val_feats, val_labels = val_feats.to(dist.device), val_labels.to(dist.device)
 
-    train_tf = train_augmentation(cfg.data.image_size, lin.min_scale)
+    train_tf = train_augmentation(cfg.data.image_size, lin.min_scale, ctx.normalization)
     # Per-sample seeded augmentation (seed, epoch, index): the same crops whatever the worker count,
     # the number of processes or a resume, so DDP and single-process runs train on identical batches.
     train_set = SeededView(image_folder(cfg.data.train_dir), train_tf, cfg.seed, view=0)

@@ -33,7 +33,7 @@ class LinearModel:
 # cross-entropy + l2/2 |W|^2) must fall to GRAD_REL_TOL x the objective. Relative, because near separable
 # data (weak L2) the loss and its gradient shrink together: an absolute 1e-5 left the objective 10% above
 # its optimum on a case whose loss was 3e-4. Measured on four 600 x 256, 10-class, L2 1e-5 ill-conditioned
-# problems against scikit-learn at tol 1e-10 (the test file tests/test_eval_probe_convergence.py builds
+# problems against scikit-learn at tol 1e-10 (the test file tests/eval/test_probe_convergence.py builds
 # one): ratio 1e-4 leaves the objective up to 2e-4 above the optimum, 1e-5 at most 1e-6.
 GRAD_REL_TOL = 1e-5
 

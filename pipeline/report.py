@@ -34,9 +34,16 @@ import yaml  # noqa: E402
 
 from core.cli import Command, UserError, run  # noqa: E402
 from core.files import save_figure, write_text  # noqa: E402
+from transfer.trials import RANDOM_LABEL, SCRATCH_LABEL  # noqa: E402
+from core.stats import ONE_TRIAL, decode_correct, paired_bootstrap, resolvable_difference, welch  # noqa: E402
 
 REFERENCES = Path(__file__).with_name("references.yaml")
-BACKBONES = ("pretrained", "random")
+BACKBONES = ("pretrained", "random")  # eval: ours and the random torchvision init (BN per random_init)
+# detection: scratch is detectron2's own init, the paper's scratch row (PROTOCOL.md section 9); random,
+# a converted random torchvision network, is another baseline and shown only when it ran
+DET_BACKBONES = ("pretrained", "scratch", "random")
+DET_LABELS = {"pretrained": "pretrained", "scratch": SCRATCH_LABEL, "random": RANDOM_LABEL}
+BOOTSTRAP_SAMPLES = 10000
 JOBS = ("voc", "coco")
 METRICS = ("AP", "AP50", "AP75")
 TASK_NAMES = {"bbox": "box", "segm": "mask"}
@@ -89,8 +96,20 @@ def load_eval(run_dir: Path, backbone: str) -> dict | None:
     return found if any(found.values()) else None
 
 
+def d2_facts(config: dict | None) -> dict | None:
+    """What decides whether a detection job is the paper's: datasets and schedule, from the run's own
+    detectron2 config (OUTPUT_DIR/config.yaml, which the trainer writes with every override applied)."""
+    if not config:
+        return None
+    data, solver = config.get("DATASETS") or {}, config.get("SOLVER") or {}
+    return {"train": list(data.get("TRAIN") or []), "test": list(data.get("TEST") or []),
+            "max_iter": solver.get("MAX_ITER"), "steps": list(solver.get("STEPS") or []) or None,
+            "ims_per_batch": solver.get("IMS_PER_BATCH")}
+
+
 def load_detection(run_dir: Path, job: str, backbone: str) -> dict | None:
-    """{"summary": trials_summary.json's summary, "seeds": [...], "loss": [(iteration, total_loss)]} or None."""
+    """{"summary": trials_summary.json's summary, "seeds": [...], "loss": [(iteration, total_loss)], "d2": the
+    job's datasets and schedule (d2_facts), "init": how the backbone started} or None."""
     folder = run_dir / "detection" / job / backbone
     trials = read_json(folder / "trials_summary.json")
     if not trials:
@@ -98,7 +117,9 @@ def load_detection(run_dir: Path, job: str, backbone: str) -> dict | None:
     # detectron2's metrics.json also holds evaluation lines without total_loss: keep training lines only.
     loss = [(r["iteration"], r["total_loss"]) for r in read_jsonl(folder / "trial0" / "metrics.json")
             if "iteration" in r and "total_loss" in r]
-    return {"summary": trials.get("summary", {}), "seeds": trials.get("seeds"), "loss": loss}
+    finetune = read_yaml(folder / "finetune_config.yaml") or {}
+    return {"summary": trials.get("summary", {}), "seeds": trials.get("seeds"), "loss": loss,
+            "d2": d2_facts(read_yaml(folder / "config.yaml")), "init": finetune.get("init") or trials.get("init")}
 
 
 def load_references(path: Path = REFERENCES) -> dict:
@@ -115,6 +136,19 @@ def fmt(value, digits: int = 2) -> str:
     if isinstance(value, int) and not isinstance(value, bool):
         return str(value)
     return f"{value:.{digits}f}"
+
+
+def interval_cell(cmp: dict) -> str:
+    return "n/a" if cmp["interval"] is None else f"[{cmp['interval'][0]:+.2f}, {cmp['interval'][1]:+.2f}]"
+
+
+def verdict_cell(cmp: dict, a: str, b: str) -> str:
+    """The one wording of a comparison's outcome: a tie is marked as one, never as a win."""
+    if cmp["interval"] is None:
+        return cmp.get("note") or ONE_TRIAL
+    if cmp["tie"]:
+        return "**tie** (95% interval contains 0)"
+    return f"{a} higher" if cmp["diff"] > 0 else f"{b} higher"
 
 
 def fmt_delta(ours, ref) -> str:
@@ -178,6 +212,20 @@ def differences(run: dict, ref: dict) -> list[str]:
         if ours is None or str(ours).strip().lower() != str(ref_value).strip().lower():
             diffs.append(f"{key}: run `{ours if ours is not None else 'unknown'}` vs paper `{ref_value}`")
     return diffs
+
+
+def d2_dataset(facts: dict | None) -> str | None:
+    """'train + train -> test' of a detectron2 job (the paper's notation in references.yaml)."""
+    if not facts or not facts.get("train"):
+        return None
+    return " + ".join(facts["train"]) + " -> " + " + ".join(facts["test"] or [])
+
+
+def d2_schedule(facts: dict | None) -> str | None:
+    if not facts or facts.get("max_iter") is None:
+        return None
+    steps = "/".join(str(s) for s in facts.get("steps") or []) or "none"
+    return f"{facts['max_iter']} iters, steps {steps}, batch {facts.get('ims_per_batch')}"
 
 
 def comparability_cell(diffs: list[str]) -> str:
@@ -257,6 +305,49 @@ def classification_row(backbone: str, ev: dict | None, settings: list[tuple]) ->
     return [backbone] + cells
 
 
+def classification_scores(ev: dict) -> dict:
+    """{protocol name: (top1, per-image correctness or None, num_val)} of one init's results."""
+    out = {}
+    knn = ev.get("knn")
+    for row in (knn or {}).get("knn", []):
+        out[f"kNN (k={row['k']}, T={row['T']:g})"] = (row["top1"], row.get("correct"), knn["protocol"].get("num_val"))
+    fast = ev.get("fast_probe")
+    if fast:
+        out["fast probe"] = (fast["fast_probe"]["top1"], fast["fast_probe"].get("correct"), fast["protocol"].get("num_val"))
+    return out
+
+
+def classification_differences(evals: dict, samples: int = BOOTSTRAP_SAMPLES) -> list[str]:
+    """pretrained - random per protocol with a paired bootstrap interval over the val images."""
+    a, b = evals.get("pretrained"), evals.get("random")
+    if not a or not b:
+        return []
+    ours, base = classification_scores(a), classification_scores(b)
+    rows = []
+    for name in [n for n in ours if n in base]:
+        (top_a, cor_a, n_val), (top_b, cor_b, _) = ours[name], base[name]
+        if cor_a and cor_b and len(cor_a) == len(cor_b):
+            cmp = paired_bootstrap(decode_correct(cor_a), decode_correct(cor_b), samples=samples)
+            cells = [f"{cmp['diff']:+.2f}", interval_cell(cmp), verdict_cell(cmp, "pretrained", "random")]
+        else:  # results written before per-image correctness was recorded, or other val sets
+            cells = [fmt_delta(top_a, top_b), "n/a", "no per-image predictions of the same val images: no interval"]
+        rows.append(["pretrained - random", name, fmt(top_a), fmt(top_b), *cells])
+    if not rows:
+        return []
+    p = next(r for r in a.values() if r)["protocol"]
+    n_val, n_cls = p.get("num_val"), p.get("num_classes")
+    facts = []
+    if n_cls:
+        facts.append(f"chance level {fmt(100.0 / n_cls)}% ({n_cls} classes)")
+    if n_val:
+        facts.append(f"resolvable difference {fmt(resolvable_difference(n_val), 3)} points (one of {n_val} val images)")
+    return (["", "### Differences between inits (top-1, percentage points)", ""]
+            + table(["comparison", "protocol", "pretrained top-1", "random top-1", "difference", "95% interval",
+                     "verdict"], rows)
+            + ["", f"Paired bootstrap over the val images ({samples} resamples, seed 0); "
+               + "; ".join(facts) + ". A tie (the interval contains 0) names no winner."])
+
+
 def section_classification(evals: dict) -> list[str]:
     lines = ["## Classification", ""]
     if not any(evals.values()):
@@ -273,51 +364,87 @@ def section_classification(evals: dict) -> list[str]:
             p = any_result.get("protocol", {})
             lines.append(f"\n- {b}: layer `{p.get('layer')}`, {p.get('num_train')} train / {p.get('num_val')} val "
                          f"images, {p.get('num_classes')} classes, image size {p.get('image_size')}, "
-                         f"checkpoint `{(p.get('checkpoint') or {}).get('path')}`")
-    return lines + [""]
+                         f"checkpoint `{(p.get('checkpoint') or {}).get('path')}`"
+                         + (f", BN statistics: {ri.get('bn_stats')}" if (ri := (p.get("checkpoint") or {}).get("random_init"))
+                            else ""))
+    return lines + classification_differences(evals) + [""]
+
+
+def detection_differences(dets: dict) -> list[str]:
+    """pretrained - each other init per job, task and metric, with the Welch interval over trials."""
+    rows = []
+    for job in JOBS:
+        ours = dets.get((job, "pretrained"))
+        for b in DET_BACKBONES[1:]:
+            other = dets.get((job, b))
+            if not ours or not other:
+                continue
+            for task in [t for t in ours["summary"] if t in other["summary"]]:
+                for m in METRICS:
+                    cmp = welch(ours["summary"][task][m]["values"], other["summary"][task][m]["values"])
+                    rows.append([f"pretrained - {b}", job, TASK_NAMES.get(task, task), m, f"{cmp['diff']:+.2f}",
+                                 interval_cell(cmp), verdict_cell(cmp, "pretrained", b)])
+    if not rows:
+        return []
+    return (["", "### Differences between inits (AP points)", ""]
+            + table(["comparison", "job", "task", "metric", "difference", "95% interval", "verdict"], rows)
+            + ["", "Welch interval over trials (t quantile at the Welch-Satterthwaite df); a tie (the interval "
+               "contains 0) names no winner; one trial on a side gives no error bar. VOC07+12 trials scatter by "
+               "about 0.2 AP (PROTOCOL.md section 9)."])
 
 
 def section_detection(dets: dict) -> list[str]:
     lines = ["## Detection", ""]
     rows = []
     for job in JOBS:
-        for b in BACKBONES:
+        for b in DET_BACKBONES:
             det = dets.get((job, b))
             if det is None:
-                rows.append([job, b, "-"] + [NOT_RUN] * 4)
+                if b != "random":  # random torchvision init is an extra baseline: absent unless asked for
+                    rows.append([job, b, "-"] + [NOT_RUN] * 4)
                 continue
             for task, stats in det["summary"].items():
                 n = next(iter(stats.values()))["n"]
                 rows.append([job, b, TASK_NAMES.get(task, task)] + [mean_std_cell(stats.get(m)) for m in METRICS]
                             + [str(n)])
     lines += table(["job", "init", "task", "AP", "AP50", "AP75", "trials"], rows)
-    return lines + ["", "AP values are mean +- sample std over trials (detectron2's percent scale).", ""]
+    lines += ["", "AP values are mean +- sample std over trials (detectron2's percent scale). Inits: "
+              + "; ".join(f"`{b}` = {DET_LABELS[b]}" for b in DET_BACKBONES) + "."]
+    return lines + detection_differences(dets) + [""]
 
 
 def linear_reference(evals: dict, refs: dict, protocol: dict, epochs) -> list[str]:
     block = refs["linear_top1"]
     ev = evals.get("pretrained") or {}
     # The paper's number is the official probe; the fast probe is only a proxy, so say which one was used.
+    # The paper's number is the official probe; the fast probe is a proxy and is NEVER compared with it.
+    proxy_only = False
     if ev.get("linear"):
         ours, which = ev["linear"]["linear"]["last_epoch"]["top1"], "official probe, last epoch"
     elif ev.get("fast_probe"):
-        ours, which = ev["fast_probe"]["fast_probe"]["top1"], "fast probe (proxy of the official probe)"
+        ours, which, proxy_only = None, "only the fast probe ran: " + fmt(ev["fast_probe"]["fast_probe"]["top1"]) + \
+            ", a proxy never compared with the paper's official linear top-1", True
     else:
         ours, which = None, NOT_RUN
     # The data difference is shared by every row, so it is stated once; rows name only their epoch difference.
     data_diffs = differences({"pretrain_dataset": protocol.get("dataset")},
                              {"pretrain_dataset": block["protocol"]["pretrain_dataset"]})
     lines = [f"### Linear top-1 ({block['source']})", "",
-             f"Ours (pretrained): {fmt(ours) if ours is not None else NOT_RUN} ({which}), "
+             f"Ours (pretrained): {fmt(ours) if ours is not None else '-'} ({which}), "
              f"{epochs if epochs is not None else 'unknown'} pretraining epochs.", "",
              f"Data: {comparability_cell(data_diffs)}", ""]
     rows = []
     for method, by_epoch in block["rows"].items():
         for ep, value in by_epoch.items():
             epoch_diffs = differences({"pretrain_epochs": epochs}, {"pretrain_epochs": ep})
-            cell = comparability_cell(epoch_diffs) if not data_diffs else \
-                "**not comparable**" + (" (epochs differ)" if epoch_diffs else "")
-            rows.append([method, str(ep), fmt(value), fmt_delta(ours, value), cell, block["source"]])
+            if proxy_only:
+                cell = "**not comparable** (fast probe, not the official linear probe)"
+            elif not data_diffs:
+                cell = comparability_cell(epoch_diffs)
+            else:
+                cell = "**not comparable**" + (" (epochs differ)" if epoch_diffs else "")
+            delta = fmt_delta(ours, value) if cell == "comparable" else "-"  # a delta only where it means something
+            rows.append([method, str(ep), fmt(value), delta, cell, block["source"]])
     return lines + table(["method", "epochs", "paper top-1", "ours - paper", "comparability", "source"], rows) + [""]
 
 
@@ -337,25 +464,38 @@ def detection_reference(dets: dict, refs: dict, protocol: dict, epochs) -> list[
                 lines += [f"Our {job} {TASK_NAMES[task]} result: {NOT_RUN}.", ""]
                 continue
             ours = {m: det["summary"][task][m]["mean"] for m in METRICS}
+            # dataset and schedule are facts of the run's own detectron2 config, rendered as the paper's job is
+            facts = det.get("d2")
+            ref_d2 = block["d2"]
             run = {"pretrain_dataset": protocol.get("dataset"), "pretrain_epochs": epochs, "task": TASK_NAMES[task],
-                   "dataset": job_protocol.get("dataset", protocol.get("dataset")),
-                   "schedule": job_protocol.get("schedule")}
-            ref_protocol = {k: v for k, v in block["protocol"].items() if k != "model"}
-            flag = comparability_cell(differences(run, ref_protocol))
+                   "dataset": d2_dataset(facts), "schedule": d2_schedule(facts)}
+            ref = {"pretrain_dataset": block["protocol"]["pretrain_dataset"],
+                   "pretrain_epochs": block["protocol"]["pretrain_epochs"], "task": block["protocol"]["task"],
+                   "dataset": d2_dataset(ref_d2),
+                   "schedule": d2_schedule(ref_d2) or block["protocol"]["schedule"]}
+            diffs = differences(run, ref)
+            if ref_d2.get("max_iter") is None and not any(d.startswith("schedule") for d in diffs):
+                diffs.append(f"schedule: the paper's ({block['protocol']['schedule']}) is not published")
+            flag = comparability_cell(diffs)
             lines.append("Ours (pretrained, mean over trials): "
                          + ", ".join(f"{m} {fmt(ours[m])}" for m in ("AP50", "AP", "AP75")) + ".")
             lines += ["", f"Comparability: {flag}", ""]
-            rows = [[method] + [f"{fmt(v[m])} ({fmt_delta(ours[m], v[m])})" for m in ("AP50", "AP", "AP75")]
+            # a delta only where the row is comparable: otherwise the paper's number stands alone
+            delta = (lambda m, v: f" ({fmt_delta(ours[m], v[m])})") if not diffs else (lambda m, v: "")
+            rows = [[method] + [f"{fmt(v[m])}{delta(m, v)}" for m in ("AP50", "AP", "AP75")]
                     + [block["source"]] for method, v in block["rows"].items()]
-            lines += table(["paper row", "AP50 (ours - paper)", "AP (ours - paper)", "AP75 (ours - paper)", "source"],
-                           rows) + [""]
+            header = ["AP50 (ours - paper)", "AP (ours - paper)", "AP75 (ours - paper)"] if not diffs else \
+                ["AP50", "AP", "AP75"]
+            lines += table(["paper row", *header, "source"], rows) + [""]
     return lines
 
 
 def section_reference(evals: dict, dets: dict, refs: dict, protocol: dict, epochs) -> list[str]:
     lines = ["## Paper reference", "",
-             "Deltas are ours - paper. A row is flagged **not comparable** whenever the run's data or schedule "
-             "differs from the paper's, which is always the case for the embedded data set.", ""]
+             "Deltas are ours - paper, shown only on a comparable row. A row is **not comparable** whenever the "
+             "run's data or schedule differs from the paper's (always the case for the embedded data set); detection "
+             "datasets and schedules are read from each job's own detectron2 config (config.yaml), and a fast-probe "
+             "number is never compared with the paper's official linear top-1.", ""]
     return lines + linear_reference(evals, refs, protocol, epochs) + detection_reference(dets, refs, protocol, epochs)
 
 
@@ -442,7 +582,7 @@ def write_report(run_dir: Path, protocol: dict, references: Path = REFERENCES) -
     pretrain_config = read_yaml(run_dir / "pretrain" / "config.yaml")
     records = [r for r in read_jsonl(run_dir / "pretrain" / "metrics.jsonl") if "epoch" in r]
     evals = {b: load_eval(run_dir, b) for b in BACKBONES}
-    dets = {(job, b): load_detection(run_dir, job, b) for job in JOBS for b in BACKBONES}
+    dets = {(job, b): load_detection(run_dir, job, b) for job in JOBS for b in DET_BACKBONES}
     epochs = run_epochs(protocol, pretrain_config)
     plots = {**pretrain_plots(out, records), **detection_plots(out, dets)}
     lines = ["# SimSiam pipeline report", ""]

@@ -49,7 +49,7 @@ RULES = {  # the keys a run cannot use otherwise; the stage configs have their o
     "pretrain.nproc_per_node": int_at_least(1),
     "eval.protocols": _subset_of("knn", "fast_probe", "linear", "all"),
     "detection.jobs": _subset_of("voc", "coco"),
-    "detection.backbones": _subset_of("pretrained", "random", "supervised"),
+    "detection.backbones": _subset_of("pretrained", "scratch", "random", "supervised"),
     "detection.trials": int_at_least(1),
 }
 PACKAGES = ("torch", "torchvision", "numpy", "sal-detectron2", "pycocotools", "faster-coco-eval", "scikit-learn")
@@ -150,9 +150,12 @@ class Pipeline:
             raise UserError(f"no pretraining checkpoint in {self.run_dir / 'pretrain'}; run the pretrain stage first")
         return found[-1]
 
-    def backbones(self) -> dict[str, str]:
-        """Backbones evaluated side by side: ours, random init, and the supervised file if given."""
-        out = {"pretrained": str(self.pretrained_checkpoint()), "random": "random"}
+    def backbones(self, detection: bool = False) -> dict[str, str]:
+        """Backbones evaluated side by side: ours, random init, and the supervised file if given. Detection
+        also offers scratch, detectron2's own init: the paper's scratch row (PROTOCOL.md section 9), where
+        random is a converted random torchvision network."""
+        out = {"pretrained": str(self.pretrained_checkpoint()), **({"scratch": "scratch"} if detection else {}),
+               "random": "random"}
         if self.cfg.supervised_checkpoint:
             out["supervised"] = str(Path(self.cfg.supervised_checkpoint).resolve())
         return out
@@ -252,7 +255,7 @@ class Pipeline:
         preset = {"voc": "voc.yaml", "coco": "coco_1x.yaml"}[job]  # transfer/configs/, as run_voc.sh / run_coco.sh
         job_keys = [f"detectron2_config={det[f'{job}_config']}", f"trials={det.trials}",
                     "d2_opts=" + yaml.safe_dump(list(det.overrides), default_flow_style=True, width=10**9).strip()]
-        for name, ckpt in self.backbones().items():
+        for name, ckpt in self.backbones(detection=True).items():
             if name not in det.backbones:
                 continue
             out = self.run_dir / "detection" / job / name

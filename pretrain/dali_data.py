@@ -7,7 +7,7 @@ windows; BatchAugment then applies the photometric ops. So resume stays exact an
 is the official one; only the decode + resize filter differs (DALI's, not PIL's).
 
 Optional: pip install -e '.[dali]' (nvidia-dali-cuda120; or nvidia-dali-cuda130). On a CPU-only
-run DALI's CPU operators are used (for checking; tests/test_pretrain_fast_data.py runs them where
+run DALI's CPU operators are used (for checking; tests/pretrain/test_fast_data.py runs them where
 DALI imports). The GPU path (mixed decoder) is not verified on these CPU-only machines.
 """
 

@@ -102,7 +102,7 @@ def official_view(img: Image.Image, box, params, size: int) -> torch.Tensor:
     """The official PIL view for given parameters (the op list of simsiam_augmentation, replayed).
 
     Under the same seed it equals simsiam_augmentation(img) bit for bit, which is what proves that
-    ViewSampler draws the official parameters (tests/test_pretrain_fast_data.py)."""
+    ViewSampler draws the official parameters (tests/pretrain/test_fast_data.py)."""
     return pil_photometric(TF.resized_crop(img, *box, [size, size], transforms.InterpolationMode.BILINEAR), params)
 
 

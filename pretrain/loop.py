@@ -256,5 +256,8 @@ def train(cfg: Config, preempt: PreemptionFlag) -> Path:
     logger.close()
     if dist.is_main:
         mark_done(out_dir, "pretrain", epochs=cfg.optim.epochs)
+        if cfg.train.keep_checkpoints:  # deleted files should not surprise anyone looking for an epoch
+            print(f"pretrain: kept the newest {cfg.train.keep_checkpoints} epoch checkpoint(s), older epochs deleted "
+                  "(train.keep_checkpoints=0 keeps every epoch)")
         say_outputs("pretrain", out_dir)
     return out_dir

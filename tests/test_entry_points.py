@@ -12,7 +12,7 @@ import torch
 
 from core.checkpoint import CheckpointError, check_backbone_state
 from core.models import build_backbone
-from tests.conftest import PRETRAIN_DEFAULTS, REPO, one_error_line, tiny_overrides
+from tests.helpers import PRETRAIN_DEFAULTS, REPO, one_error_line, tiny_overrides
 
 MODULES = ["pretrain.train", "eval.knn", "eval.linear", "eval.fast_probe", "eval.all", "pipeline.run",
            "pipeline.study", "pipeline.report", "pipeline.slurm", "embedded",
@@ -69,7 +69,7 @@ def test_flags_and_overrides_in_any_order():
 
 # ---------------------------------------------------------------------------- one error line, exit 2
 
-BAD_VALUES = {"arch=resnet34": "set arch to one of resnet50, resnet18, resnet18_cifar",
+BAD_VALUES = {"arch=resnet26": "set arch to one of resnet50, resnet18, resnet34, resnet101, resnet152, resnet18_cifar",
               "model.proj_layers=4": "set model.proj_layers to one of 2, 3",
               "device=gpu": "set device to one of auto, cpu, cuda",
               "optim.batch_size=0": "set optim.batch_size to an integer >= 1"}
@@ -87,7 +87,7 @@ def test_pretrain_bad_value_names_the_key(tmp_path, capsys, tiny_folder, overrid
     assert not out.exists()
 
 
-@pytest.mark.parametrize("override", ["arch=resnet34", "device=gpu", "linear.batch_size=0",
+@pytest.mark.parametrize("override", ["arch=resnet26", "device=gpu", "linear.batch_size=0",
                                       "fast_probe.holdout_fraction=1.5"])
 def test_eval_bad_value_names_the_key(tmp_path, capsys, override):
     from eval.knn import cli_main
@@ -99,7 +99,7 @@ def test_eval_bad_value_names_the_key(tmp_path, capsys, override):
 
 def test_run_sh_checks_before_torchrun(tmp_path, tiny_folder):
     """A config error under torchrun: one line and exit 2, no worker traceback."""
-    for bad in ("arch=resnet34", "optim.batch_size=7"):  # 7: not divisible by the 2 processes
+    for bad in ("arch=resnet26", "optim.batch_size=7"):  # 7: not divisible by the 2 processes
         proc = subprocess.run(["bash", str(REPO / "pretrain/run.sh"), "--standalone", "--nproc_per_node", "2",
                                *tiny_overrides(tmp_path / "out", tiny_folder), bad], cwd=tmp_path, capture_output=True,
                               text=True, env=dict(os.environ, PYTHON=sys.executable), timeout=120)
@@ -180,7 +180,7 @@ def test_knn_monitor_k_larger_than_bank_warns_once(capsys, tmp_path, tiny_folder
 
 def test_eval_knn_k_larger_than_bank_warns(tmp_path, capsys):
     from eval.knn import cli_main
-    from tests.test_eval_support import toy_splits
+    from tests.helpers import toy_splits
 
     train, val = toy_splits(tmp_path, train_per_class=2, val_per_class=1)
     cli_main(["--checkpoint", "random", "--arch", "resnet18", "--train-dir", str(train), "--val-dir", str(val),

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import ast
 from pathlib import Path
+from tests.helpers import REPO
 
-REPO = Path(__file__).resolve().parent.parent
 PACKAGES = ("core", "embedded", "pretrain", "eval", "transfer", "pipeline", "bench")
 STAGES = ("pretrain", "eval", "transfer", "pipeline", "embedded", "bench")
 

@@ -2,7 +2,7 @@
 
 Without detectron2's compiled `_C`, its COCOEvaluator runs pure-Python pycocotools, which dominates
 evaluation time on COCO val (5k images, ~100 detections each). faster-coco-eval computes the same
-COCO protocol in C++; bench/bench_coco_eval.py and tests/test_transfer_coco_eval.py check that its
+COCO protocol in C++; bench/bench_coco_eval.py and tests/transfer/test_trials.py check that its
 AP numbers equal pycocotools' on the same detections. `--coco-eval pycocotools` is the reference path.
 """
 

@@ -1,8 +1,11 @@
 """torchvision ResNet-50 backbone keys -> detectron2 R50-C4 weights (PROTOCOL.md section 5).
 
-The input is whatever `core.checkpoint.load_backbone_state` accepts (SimSiam, MoCo, torchvision,
-"random"); that loader already strips the DDP/encoder prefixes, drops the projector/classifier
-`fc.*` and checks the key set against a ResNet-50. Here we only rename and serialise:
+The input is whatever the shared loader `core.checkpoint.load_backbone_detected` accepts (every format
+of core/checkpoint_formats.py, detected or named by a `Choice`, and "random"); that loader already
+strips the prefixes or maps the keys, drops heads, momentum encoders and `fc.*`, and checks the key
+set against a ResNet-50. The format's input normalisation travels with the result: detectron2 must
+normalise its 0-255 pixels the same way (transfer/d2_model.py pixel_options). Here we only rename
+and serialise:
 
     conv1.weight                  -> stem.conv1.weight
     bn1.*                         -> stem.conv1.norm.*
@@ -26,7 +29,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from core.checkpoint import CheckpointError, load_backbone_state
+from core.checkpoint import CheckpointError, load_backbone_detected
+from core.checkpoint_formats import Choice
 from core.files import write_atomic
 
 ARCH = "resnet50"  # the C4 recipe is defined for ResNet-50 only
@@ -132,21 +136,26 @@ def read_d2_weights(path: str | Path) -> dict:
     return data
 
 
-def load_resnet50_state(source: str | Path, seed: int = 0) -> tuple[dict[str, torch.Tensor], str]:
-    """The shared loader, with the refusal message phrased for this stage."""
+def load_resnet50_state(source: str | Path, seed: int = 0, choice: Choice | None = None):
+    """(state, Detection) from the shared loader, with the refusal message phrased for this stage."""
     try:
-        return load_backbone_state(source, arch=ARCH, seed=seed)
+        return load_backbone_detected(source, arch=ARCH, seed=seed, choice=choice)
     except CheckpointError as e:
         raise CheckpointError(f"{e}. The detectron2 R50-C4 transfer needs a ResNet-50 backbone") from None
 
 
-def convert(source: str | Path, out: str | Path, seed: int = 0) -> dict:
+def convert(source: str | Path, out: str | Path, seed: int = 0, choice: Choice | None = None) -> dict:
     """Convert `source` (a checkpoint path or "random") into a detectron2 .pkl at `out`.
 
-    Returns a summary: kind, the torchvision state used (for verification), tensor count, filled counters.
+    Returns a summary: kind (the format), the detection, the input normalisation, the torchvision
+    state used (for verification), tensor count, filled counters.
     """
-    state, kind = load_resnet50_state(source, seed)
+    state, detection = load_resnet50_state(source, seed, choice)
+    kind = detection.format
     model, filled = to_d2_state(state)
     origin = f"seed {seed}" if kind == "random" else str(Path(source).resolve())
-    write_d2_weights(model, out, author=f"simsiam-transfer convert_to_d2 ({kind}: {origin})")
-    return {"kind": kind, "tv_state": state, "num_tensors": len(model), "filled_counters": filled, "out": Path(out)}
+    norm = detection.normalization
+    write_d2_weights(model, out, author=f"simsiam-transfer convert_to_d2 ({kind}: {origin}; input normalisation "
+                                        f"{norm.name} mean {list(norm.mean)} std {list(norm.std)})")
+    return {"kind": kind, "detection": detection, "normalization": norm, "tv_state": state,
+            "num_tensors": len(model), "filled_counters": filled, "out": Path(out)}

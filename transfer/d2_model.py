@@ -73,6 +73,19 @@ def load_cfg(config: str | Path, opts: list[str] | None = None) -> CfgNode:
     return cfg
 
 
+def pixel_options(normalization, input_format: str) -> list[str]:
+    """MODEL.PIXEL_MEAN / PIXEL_STD overrides for a checkpoint format's input normalisation.
+
+    detectron2 subtracts PIXEL_MEAN and divides by PIXEL_STD on 0-255 pixels in INPUT.FORMAT channel
+    order, so ToTensor's [0, 1] mean/std are scaled by 255 (ImageNet: 123.675 / 58.395, ...; SimCLR's
+    [0, 1] inputs: mean 0, std 255) and reversed for BGR configs."""
+    mean = [round(255 * m, 6) for m in normalization.mean]
+    std = [round(255 * s, 6) for s in normalization.std]
+    if input_format.upper() == "BGR":
+        mean, std = mean[::-1], std[::-1]
+    return ["MODEL.PIXEL_MEAN", str(mean), "MODEL.PIXEL_STD", str(std)]
+
+
 def build_c4_model(cfg: CfgNode) -> torch.nn.Module:
     if cfg.MODEL.ROI_HEADS.NAME != "Res5ROIHeadsExtraNorm":
         logger.warning("ROI head is %s, not the recipe's Res5ROIHeadsExtraNorm", cfg.MODEL.ROI_HEADS.NAME)

@@ -47,6 +47,9 @@ def parse_args(argv=None):
     p.add_argument("--resume", action="store_true",
                    help="continue in OUTPUT_DIR: finished trials are skipped, the running one resumes from its last checkpoint")
     p.add_argument("--eval-only", action="store_true", help="evaluate MODEL.WEIGHTS without training")
+    p.add_argument("--scratch", action="store_true",
+                   help="train from detectron2's own init with MODEL.WEIGHTS empty: the paper's scratch row "
+                        "(PROTOCOL.md section 9); the only case that skips the check that every backbone tensor was loaded")
     p.add_argument("--num-gpus", type=int, default=1, help="processes (one per GPU) per machine (default 1)")
     p.add_argument("--num-machines", type=int, default=1, help="total number of machines (default 1)")
     p.add_argument("--machine-rank", type=int, default=0, help="the rank of this machine (default 0)")

@@ -29,7 +29,7 @@ from core.progress import say_outputs
 from transfer import datasets
 from transfer.coco_eval import BackendCOCOEvaluator
 from transfer.d2_model import load_cfg, resolve_config_path  # registers Res5ROIHeadsExtraNorm
-from transfer.trials import aggregate, format_table, write_json
+from transfer.trials import SCRATCH_LABEL, aggregate, format_table, write_json
 from transfer.verify import SafeCheckpointer, load_with_report
 
 RESULTS_FILE = "eval_results.json"  # detectron2's own metrics.json holds the training event stream
@@ -69,6 +69,7 @@ class Trainer(DefaultTrainer):
 
     coco_backend = "faster"
     coverage = None  # the verify.Coverage of the last fresh load
+    scratch = False  # --scratch: detectron2's own init, nothing loaded (the paper's scratch row)
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name):
@@ -86,15 +87,22 @@ class Trainer(DefaultTrainer):
         if resume and self.checkpointer.has_checkpoint():
             return super().resume_or_load(resume=True)  # model, optimizer, scheduler, iteration
         model = self.model.module if isinstance(self.model, DistributedDataParallel) else self.model
-        self.coverage = load_pretrained(model, self.cfg.MODEL.WEIGHTS)
+        if self.scratch:  # the explicit exception to "every backbone tensor loaded": nothing is loaded
+            logger.info("%s: no weights loaded, the whole model keeps detectron2's init", SCRATCH_LABEL)
+        else:
+            self.coverage = load_pretrained(model, self.cfg.MODEL.WEIGHTS)
         self.start_iter = 0
+
+
+def init_label(scratch: bool) -> str:
+    return SCRATCH_LABEL if scratch else "converted weights (MODEL.WEIGHTS)"
 
 
 def require_weights(weights: str) -> None:
     """Never fall back to detectron2's own init (or a download) when no pretrained file is given."""
     if not weights:
         raise UserError("MODEL.WEIGHTS is empty: convert a checkpoint with transfer/convert_to_d2.py "
-                        "(IN = 'random' for the scratch baseline) and pass MODEL.WEIGHTS file.pkl")
+                        "and pass MODEL.WEIGHTS file.pkl, or pass --scratch for the paper's scratch row (detectron2's own init)")
     if not os.path.isfile(weights):
         raise UserError(f"MODEL.WEIGHTS {weights} not found")
 
@@ -144,7 +152,10 @@ def setup(args):
     """Config (ours + overrides), NUM_CLASSES from the data, logging, dataset registration."""
     args.config_file = str(resolve_config_path(args.config_file))
     cfg = load_cfg(args.config_file, args.opts)
-    if not args.resume:
+    if args.scratch and cfg.MODEL.WEIGHTS:
+        raise UserError(f"--scratch trains from detectron2's init, yet MODEL.WEIGHTS is {cfg.MODEL.WEIGHTS}; "
+                        "drop one of them")
+    if not args.resume and not args.scratch:
         require_weights(cfg.MODEL.WEIGHTS)  # fail before any data or model work
     root = Path(args.data_root) if args.data_root else datasets.default_data_root()
     names = [*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST]
@@ -161,6 +172,7 @@ def setup(args):
         logger.info("MODEL.ROI_HEADS.NUM_CLASSES %d -> %d for %s", previous, len(classes.names), classes.source)
     datasets.register_datasets(names, root, classes)
     Trainer.coco_backend = args.coco_eval
+    Trainer.scratch = args.scratch
     return cfg
 
 
@@ -189,7 +201,8 @@ def run_trial(tcfg, resume: bool) -> dict:
     if not results:
         raise RuntimeError("training finished without evaluation results")
     if comm.is_main_process():
-        record = {"seed": tcfg.SEED, "weights": tcfg.MODEL.WEIGHTS, "results": results}
+        record = {"seed": tcfg.SEED, "weights": tcfg.MODEL.WEIGHTS, "init": init_label(trainer.scratch),
+                  "results": results}
         if trainer.coverage is not None:  # None when resumed from a detectron2 checkpoint
             c = trainer.coverage
             record["weights_check"] = {"loaded": len(c.loaded), "new_layer": c.new_layer,
@@ -222,8 +235,11 @@ def main(args) -> dict:
         table = format_table(summary)
         print(f"\n{args.trials} trial(s), seeds {args.seed}..{args.seed + args.trials - 1}, "
               f"weights {cfg.MODEL.WEIGHTS}\n{table}")
-        write_json({"config": args.config_file, "weights": cfg.MODEL.WEIGHTS,
-                    "seeds": list(range(args.seed, args.seed + args.trials)), "summary": summary},
+        write_json({"config": args.config_file, "weights": cfg.MODEL.WEIGHTS, "init": init_label(args.scratch),
+                    "seeds": list(range(args.seed, args.seed + args.trials)), "summary": summary,
+                    # the input normalisation (0-255 pixels, INPUT.FORMAT order), set from the checkpoint's format
+                    "input_normalization": {"pixel_mean": list(cfg.MODEL.PIXEL_MEAN), "pixel_std": list(cfg.MODEL.PIXEL_STD),
+                                            "format": cfg.INPUT.FORMAT}},
                    Path(cfg.OUTPUT_DIR) / SUMMARY_FILE)
         mark_done(cfg.OUTPUT_DIR, "detection", summary=SUMMARY_FILE, trials=args.trials)  # the last write
         say_outputs("detection", cfg.OUTPUT_DIR)

@@ -11,20 +11,12 @@ import math
 from pathlib import Path
 
 from core import files
+from core.stats import mean_std  # noqa: F401  (also this module's API: tests and callers import it here)
 
 METRICS = ("AP", "AP50", "AP75")
+# What results call each baseline: different networks (PROTOCOL.md section 9). scratch is the paper's row.
+SCRATCH_LABEL, RANDOM_LABEL = "scratch (detectron2 init)", "random torchvision init"
 TASK_NAMES = {"bbox": "box", "segm": "mask"}
-
-
-def mean_std(values: list[float]) -> tuple[float, float | None]:
-    n = len(values)
-    if n == 0:
-        raise ValueError("no values to aggregate")
-    mean = sum(values) / n
-    if n == 1:
-        return mean, None
-    var = sum((v - mean) ** 2 for v in values) / (n - 1)
-    return mean, math.sqrt(var)
 
 
 def aggregate(trials: list[dict]) -> dict:

@@ -154,15 +154,17 @@ def _rel(a: torch.Tensor, ref: torch.Tensor) -> float:
 
 
 @torch.no_grad()
-def compare_features(model: torch.nn.Module, tv_state: dict, input_format: str, image: Image.Image | None = None) -> Equivalence:
-    """res4/res5 of the detectron2 model (eval) against the torchvision ResNet-50 holding `tv_state`."""
+def compare_features(model: torch.nn.Module, tv_state: dict, input_format: str, image: Image.Image | None = None,
+                     mean=IMAGENET_MEAN, std=IMAGENET_STD) -> Equivalence:
+    """res4/res5 of the detectron2 model (eval) against the torchvision ResNet-50 holding `tv_state`, fed
+    with the checkpoint format's normalisation (mean/std on [0, 1] inputs)."""
     image = image or probe_image()
     tv = build_backbone("resnet50")
     missing, unexpected = tv.load_state_dict(tv_state, strict=False)
     assert not unexpected and {k for k in missing if not k.endswith("num_batches_tracked")} <= {"fc.weight", "fc.bias"}
     tv.eval()
     model.eval()
-    x = TF.normalize(TF.to_tensor(image), IMAGENET_MEAN, IMAGENET_STD)[None]
+    x = TF.normalize(TF.to_tensor(image), list(mean), list(std))[None]
     x = tv.maxpool(tv.relu(tv.bn1(tv.conv1(x))))
     tv_res4 = tv.layer3(tv.layer2(tv.layer1(x)))
     tv_res5 = tv.layer4(tv_res4)
@@ -200,11 +202,12 @@ class Verdict:
         return "\n".join(lines)
 
 
-def verify(weights: str | Path, tv_state: dict, cfg) -> Verdict:
-    """(a) then (b) on a fresh model built from `cfg`; (b) is skipped when (a) already failed."""
+def verify(weights: str | Path, tv_state: dict, cfg, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> Verdict:
+    """(a) then (b) on a fresh model built from `cfg`; (b) is skipped when (a) already failed. mean/std:
+    the torchvision side's input normalisation, which cfg's PIXEL_MEAN/STD must equal (x 255)."""
     from transfer.d2_model import build_c4_model
 
     model = build_c4_model(cfg)
     coverage = load_with_report(model, weights)
-    features = compare_features(model, tv_state, cfg.INPUT.FORMAT) if coverage.ok else None
+    features = compare_features(model, tv_state, cfg.INPUT.FORMAT, mean=mean, std=std) if coverage.ok else None
     return Verdict(coverage, features)
