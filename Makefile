@@ -3,7 +3,7 @@ VENV  ?= .venv
 PY    := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml transfer/install_detectron2.sh | sha1sum | cut -c1-10)
 
-.PHONY: setup test demo bench bench-quick clean
+.PHONY: setup test demo bench bench-quick gpu-check clean
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml transfer/install_detectron2.sh
@@ -25,6 +25,9 @@ bench: setup   # every benchmark, the demo-chain and test-suite wall-time rows i
 
 bench-quick: setup   # the same table without the two wall-time rows
 	BENCH_QUICK=1 $(PY) -m bench.run_all
+
+gpu-check: setup   # on a machine with a CUDA GPU: one unattended run, under 8 minutes (bench/gpu_check.py)
+	$(PY) -m bench.gpu_check --out-dir runs/gpu_check
 
 clean:
 	rm -rf $(VENV) runs

@@ -164,6 +164,7 @@ def test_done_markers_merge_per_stage_and_clear(tmp_path):
 ALLOWED = {
     ("core/runtime.py", "open(..., 'a')"),       # metrics.jsonl: append-only log, fsynced per record
     ("core/preemption.py", "open(..., 'a')"),    # the preemption note read by pretrain/run.sh
+    ("bench/gpu_check.py", "open(..., 'w')"),    # a child process's log stream in its scratch folder
 }
 
 
