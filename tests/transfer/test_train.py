@@ -228,3 +228,32 @@ def test_finetune_scratch_converts_nothing_and_labels_both_baselines(tmp_path, d
     command, saved = prepared("random", "random")
     assert "--scratch" not in command and saved["init"] == "random torchvision init"
     assert (tmp_path / "random" / finetune.WEIGHTS_NAME).is_file()
+
+
+def test_finetune_passes_the_formats_pixel_normalisation_to_the_trainer(tmp_path, data_root):
+    """A SimCLR v1 file (inputs in [0, 1], no mean/std) reaches detectron2 as PIXEL_MEAN 0 / PIXEL_STD 255,
+    recorded in finetune_config.yaml; a torchvision file keeps ImageNet's mean/std."""
+    import yaml
+
+    from core.config import load_config
+    from core.models import build_backbone
+    from transfer import finetune
+
+    torch.manual_seed(0)
+    source = tmp_path / "r50.pth"
+    torch.save({"state_dict": build_backbone("resnet50").state_dict()}, source)
+
+    def prepared(out: str, *extra):
+        cfg = load_config(finetune.CONFIG_DIR / "tiny_voc.yaml", [f"checkpoint={source}", f"out_dir={tmp_path / out}",
+                                                                   f"data_root={data_root}", *extra], finetune.RULES)
+        command = finetune.prepare(cfg)
+        pixels = {command[i]: yaml.safe_load(command[i + 1]) for i, arg in enumerate(command)
+                  if arg in ("MODEL.PIXEL_MEAN", "MODEL.PIXEL_STD")}
+        return pixels, yaml.safe_load((tmp_path / out / finetune.CONFIG_NAME).read_text())
+
+    pixels, saved = prepared("simclr", "checkpoint_format=simclr_v1")
+    assert pixels == {"MODEL.PIXEL_MEAN": [0.0, 0.0, 0.0], "MODEL.PIXEL_STD": [255.0, 255.0, 255.0]}
+    assert saved["checkpoint_format_detected"] == "simclr_v1" and saved["input_normalization"]["d2_opts"]
+    pixels, saved = prepared("imagenet")
+    assert pixels["MODEL.PIXEL_MEAN"] == pytest.approx([123.675, 116.28, 103.53])
+    assert pixels["MODEL.PIXEL_STD"] == pytest.approx([58.395, 57.12, 57.375])
