@@ -337,6 +337,9 @@ def classification_scene(rng: np.random.Generator, label: int, size: int) -> tup
     extent = size * rng.uniform(0.65, 0.95)
     poly = _oriented_shape(rng, label, extent)
     span = poly.max(axis=0)
+    if span.max() > size - 2:  # tilted, a long shape can outgrow a small image: shrink it to fit (no draw
+        poly = poly * ((size - 2) / span.max())  # changes, so every image that fitted stays byte-identical)
+        span = poly.max(axis=0)
     poly = _finish_polygon(poly + rng.uniform(1, size - 1 - span))
     obj = PlacedObject(label, poly)
     return _render(rng, [obj], size, size), obj
