@@ -1,6 +1,6 @@
 """The command line every eval entry point shares: core.cli's Command with the eval flags and rules.
 
-    python -m eval.<knn|linear|fast_probe|all> --checkpoint PATH|random [--arch ARCH] --train-dir DIR \
+    python -m eval.<knn|linear|fast_probe|head_grid|all> --checkpoint PATH|random [--arch ARCH] --train-dir DIR \
         --val-dir DIR [--out-dir DIR] [--config FILE] [dotted.key=value ...]    (in any order)
 
 This module imports no torch: `python -m eval.knn` parses here first and only then imports the
@@ -29,6 +29,9 @@ FLAGS = (
     Flag("--device", "device", "auto | cpu | cuda", "DEVICE"),
     Flag("--seed", "seed", "seed of the probe, the shuffles and a random backbone", "N"),
 )
+# eval.voc07_svm reads a VOC layout, not two ImageFolders: --data-root replaces --train-dir / --val-dir.
+VOC_FLAGS = tuple(f for f in FLAGS if f.key not in ("data.train_dir", "data.val_dir")) + (
+    Flag("--data-root", "data.voc_root", "folder holding VOCdevkit/VOC2007 (trainval and test)", "DIR"),)
 
 
 def rules() -> dict:
@@ -51,7 +54,11 @@ def rules() -> dict:
         "linear.min_scale": in_range(0, 1, high_open=False), "linear.save_every": count,
         "fast_probe.aug_views": non_negative, "fast_probe.holdout_fraction": in_range(0, 1),
         "fast_probe.max_iter": count,
+        "head_grid.epochs": count, "head_grid.batch_size": count, "head_grid.momentum": in_range(0, 1, low_open=False),
+        "head_grid.holdout_fraction": in_range(0, 1),
         "random_init.bn_stats": one_of(*BN_STATS), "random_init.bn_images": int_at_least(2),
+        "voc07_svm.folds": int_at_least(2), "voc07_svm.positive_weight": positive(), "voc07_svm.max_iter": count,
+        "voc07_svm.low_shot": one_of(True, False), "voc07_svm.low_shot_samples": count,
     }
 
 
@@ -62,12 +69,12 @@ def load(config: str | Path, overrides=()):
     return load_config(config, overrides, rules())
 
 
-def command(prog: str, description: str) -> Command:
-    return Command(prog, description, default_config=DEFAULT_CONFIG, presets=CONFIGS, flags=FLAGS)
+def command(prog: str, description: str, flags: tuple[Flag, ...] = FLAGS) -> Command:
+    return Command(prog, description, default_config=DEFAULT_CONFIG, presets=CONFIGS, flags=flags)
 
 
-def run_protocol(module: str, description: str, argv=None) -> None:
+def run_protocol(module: str, description: str, argv=None, flags: tuple[Flag, ...] = FLAGS) -> None:
     """Parse, then import `module` (eval.knn, ...) and run its main(cfg); bad input ends as one
     `error:` line on stderr, exit 2. The import comes after parsing because the protocols import torch."""
-    args = command(f"python -m {module}", description).parse(argv)
+    args = command(f"python -m {module}", description, flags).parse(argv)
     run(lambda: importlib.import_module(module).main(load(args.config, args.overrides)))

@@ -5,12 +5,14 @@ every result JSON carries."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import NamedTuple
 
+import torch
 from torchvision import transforms
 
 from core.bn_stats import reestimate_bn_stats
 from core.checkpoint import RANDOM, load_backbone
-from core.checkpoint_formats import IMAGENET, Choice, Normalization
+from core.checkpoint_formats import IMAGENET, Choice, Detection, Normalization
 from core.config import Config, dump_config
 from core.distributed import init_distributed
 from core.files import mark_done, write_json
@@ -37,6 +39,55 @@ def train_augmentation(size: int, min_scale: float, norm: Normalization = IMAGEN
 def checkpoint_choice(cfg: Config) -> Choice:
     """The escape hatches of the config (checkpoint_format / checkpoint_key / checkpoint_prefix)."""
     return Choice.of(cfg.checkpoint_format, cfg.checkpoint_key, cfg.checkpoint_prefix)
+
+
+class FrozenBackbone(NamedTuple):
+    net: torch.nn.Module  # eval mode, no gradients, on the device
+    detection: Detection  # the checkpoint's format, input normalisation and report
+    transform: transforms.Compose  # the clean centre-crop view, normalised as the format expects
+    random_init: dict | None  # how a "random" backbone's BN statistics were set (None for a file)
+    identity: dict  # protocol.checkpoint of every result: path, sha256, kind, tensors read, arch, seed
+
+
+def frozen_backbone(cfg: Config, bn_set, device, num_classes: int = 1000, also=()) -> FrozenBackbone:
+    """The checkpoint (or "random") as a frozen backbone, its centre-crop view set on `bn_set` and `also`
+    (datasets with a `transform`), and its identity. A random backbone's BN statistics are re-estimated on
+    `bn_set` (random_init.bn_stats: recompute), a stated choice that is part of its identity. Shared by
+    EvalContext and the protocols that read other layouts (eval.voc07_svm)."""
+    net, detection = load_backbone(cfg.checkpoint, cfg.arch, cfg.seed, num_classes=num_classes,
+                                   choice=checkpoint_choice(cfg))
+    norm = detection.normalization
+    transform = eval_transform(cfg.data.image_size, norm.mean, norm.std)
+    for ds in (bn_set, *also):
+        ds.transform = transform
+    net.requires_grad_(False)
+    net.eval()  # frozen: BN uses the checkpoint's running statistics, always
+    net.to(device)
+    is_random = str(cfg.checkpoint) == RANDOM
+    random_init = _random_init_record(net, cfg, bn_set, device) if is_random else None
+    identity = {
+        "path": RANDOM if is_random else str(Path(cfg.checkpoint).resolve()),
+        "sha256": None if is_random else file_sha256(cfg.checkpoint),
+        "kind": detection.format,
+        "read": detection.selection(),  # which tensors of the file: the key of features and probes
+        "arch": cfg.arch,
+        "seed": cfg.seed if is_random else None,
+        "random_init": random_init,
+    }
+    return FrozenBackbone(net, detection, transform, random_init, identity)
+
+
+def _random_init_record(net, cfg: Config, bn_set, device) -> dict:
+    """Re-estimate the random backbone's BN statistics on `bn_set` images (bn_stats: recompute) or keep
+    the init's mean 0 / var 1 (init); either way, say which in the protocol."""
+    ri = cfg.random_init
+    record = {"init": "torchvision standard init, zero_init_residual off", "bn_stats": ri.bn_stats}
+    if ri.bn_stats == "init":
+        return {**record, "method": "running mean 0 / var 1 of the init, eval mode"}
+    # centre crops of bn_set, the images the features are taken of; seeded subset, so the cache key holds
+    done = reestimate_bn_stats(net, bn_set, ri.bn_images, batch_size=cfg.features.batch_size,
+                               seed=cfg.seed, device=device, num_workers=cfg.data.workers)
+    return {**record, **done}
 
 
 class EvalContext:
@@ -69,26 +120,10 @@ class EvalContext:
             raise UserError(f"val dir {cfg.data.val_dir} and train dir {cfg.data.train_dir} have different classes "
                             f"(only in val: {only_val[:5]}, only in train: {only_train[:5]}); labels would not match")
         self.num_classes = len(self.train_set.classes)
-        self.net, self.detection = load_backbone(cfg.checkpoint, cfg.arch, cfg.seed, num_classes=self.num_classes,
-                                                 choice=checkpoint_choice(cfg))
-        self.normalization = self.detection.normalization
-        self.val_transform = eval_transform(cfg.data.image_size, self.normalization.mean, self.normalization.std)
-        self.train_set.transform = self.val_set.transform = self.val_transform
-        self.net.requires_grad_(False)
-        self.net.eval()  # frozen: BN uses the checkpoint's running statistics, always
-        self.net.to(self.dist.device)
-        is_random = str(cfg.checkpoint) == RANDOM
-        # A random backbone's BN statistics are a stated choice (random_init.bn_stats), part of its identity.
-        self.random_init = self._random_init_record() if is_random else None
-        self.checkpoint_id = {
-            "path": RANDOM if is_random else str(Path(cfg.checkpoint).resolve()),
-            "sha256": None if is_random else file_sha256(cfg.checkpoint),
-            "kind": self.detection.format,
-            "read": self.detection.selection(),  # which tensors of the file: the key of features and probes
-            "arch": cfg.arch,
-            "seed": cfg.seed if is_random else None,
-            "random_init": self.random_init,
-        }
+        frozen = frozen_backbone(cfg, self.train_set, self.dist.device, self.num_classes, also=(self.val_set,))
+        self.net, self.detection, self.normalization = frozen.net, frozen.detection, frozen.detection.normalization
+        self.val_transform, self.random_init, self.checkpoint_id = frozen.transform, frozen.random_init, frozen.identity
+        is_random = self.random_init is not None
         self._memo = {}
         if self.dist.is_main:
             dump_config(cfg, self.out_dir / "eval_config.yaml")
@@ -97,18 +132,6 @@ class EvalContext:
                 print(self.detection.report())
             print(f"eval: {c['kind']} checkpoint {c['path']} ({cfg.arch}), {len(self.train_set)} train / "
                   f"{len(self.val_set)} val images, {self.num_classes} classes, device {self.dist.device}")
-
-    def _random_init_record(self) -> dict:
-        """Re-estimate the random backbone's BN statistics on training images (bn_stats: recompute) or keep
-        the init's mean 0 / var 1 (init); either way, say which in the protocol."""
-        ri = self.cfg.random_init
-        record = {"init": "torchvision standard init, zero_init_residual off", "bn_stats": ri.bn_stats}
-        if ri.bn_stats == "init":
-            return {**record, "method": "running mean 0 / var 1 of the init, eval mode"}
-        # centre crops of train, the images the features are taken of; seeded subset, so the cache key holds
-        done = reestimate_bn_stats(self.net, self.train_set, ri.bn_images, batch_size=self.cfg.features.batch_size,
-                                   seed=self.cfg.seed, device=self.dist.device, num_workers=self.cfg.data.workers)
-        return {**record, **done}
 
     # ------------------------------------------------------------------ features
 

@@ -60,6 +60,19 @@ def official_gap(ctx: EvalContext, top1: float) -> dict | None:
             "note": "gap = fast probe top1 - official probe last-epoch top1"}
 
 
+def stacked_train_views(ctx: EvalContext, aug_views: int) -> tuple[torch.Tensor, torch.Tensor, list[dict]]:
+    """(V x N x D features on the device, N labels there, per-view cache infos): the centre crop, then
+    `aug_views` cached augmented views. The head grid trains on the same rows."""
+    centre, labels, centre_info = ctx.center_features("train")
+    views, view_infos = [centre], [centre_info]
+    for v in range(aug_views):
+        feats, view_labels, info = ctx.augmented_train_features(v)
+        assert torch.equal(view_labels, labels)
+        views.append(feats)
+        view_infos.append(info)
+    return torch.stack(views).to(ctx.dist.device), labels.to(ctx.dist.device), view_infos
+
+
 def convergence_warnings(final: dict, search: logistic.L2Search, grid: list[float]) -> list[str]:
     """One line per thing that makes the number less than the optimum's: an unconverged fit, an edge choice."""
     def why(report: dict) -> str:
@@ -88,15 +101,7 @@ def main(cfg: Config, ctx: EvalContext | None = None) -> dict:
     ctx = ctx or EvalContext(cfg)
     device = ctx.dist.device
     start = time.perf_counter()
-    centre, labels, centre_info = ctx.center_features("train")
-    views, view_infos = [centre], [centre_info]
-    for v in range(fp.aug_views):
-        feats, view_labels, info = ctx.augmented_train_features(v)
-        assert torch.equal(view_labels, labels)
-        views.append(feats)
-        view_infos.append(info)
-    train_views = torch.stack(views).to(device)  # V x N x D
-    labels = labels.to(device)
+    train_views, labels, view_infos = stacked_train_views(ctx, fp.aug_views)
     features_s = time.perf_counter() - start
 
     start = time.perf_counter()
@@ -104,7 +109,7 @@ def main(cfg: Config, ctx: EvalContext | None = None) -> dict:
                                 cfg.seed, fp.max_iter, fp.grad_rel_tol, fp.grid_extensions)
     # Only now, with the L2 weight fixed, do val features enter. The held-out search's fit at that weight is
     # the same problem on 80% of the rows: the refit starts there.
-    model = logistic.fit(train_views.reshape(-1, train_views.shape[-1]), labels.repeat(len(views)),
+    model = logistic.fit(train_views.reshape(-1, train_views.shape[-1]), labels.repeat(train_views.shape[0]),
                          ctx.num_classes, search.l2, fp.max_iter, init=search.model, grad_rel_tol=fp.grad_rel_tol)
     fit_s = time.perf_counter() - start
     val_feats, val_labels, val_info = ctx.center_features("val")

@@ -190,6 +190,18 @@ def _best(table: list[dict]) -> dict:
     return max(table, key=lambda r: (r["holdout_top1"], -r["holdout_loss"]))
 
 
+def holdout_split(train_views: torch.Tensor, train_labels: torch.Tensor, fraction: float, seed: int, key: str):
+    """(fit_x, fit_y, hold_x, hold_y) from TRAINING features only: a held-out image keeps all its views out
+    of the fit (V x N x D, view 0 the centre crop) and is scored on its centre crop. `key` names the config
+    key of `fraction` in the error."""
+    hold = stratified_holdout(train_labels.cpu(), fraction, seed).to(train_labels.device)
+    if not hold.any():
+        raise UserError(f"the held-out part of the training set is empty; raise {key} or use more training images")
+    fit_x = train_views[:, ~hold].reshape(-1, train_views.shape[-1])
+    fit_y = train_labels[~hold].repeat(train_views.shape[0])
+    return fit_x, fit_y, train_views[0, hold], train_labels[hold]
+
+
 def choose_l2(train_views: torch.Tensor, train_labels: torch.Tensor, num_classes: int, grid: list[float],
               holdout_fraction: float, seed: int, max_iter: int, grad_rel_tol: float = GRAD_REL_TOL,
               max_extensions: int = 3) -> L2Search:
@@ -201,13 +213,8 @@ def choose_l2(train_views: torch.Tensor, train_labels: torch.Tensor, num_classes
     weight says the optimum may lie beyond, so the grid grows by a decade on that side (warm-started from the
     edge's fit), up to max_extensions times. A one-weight grid is a fixed weight, not a search: never extended.
     """
-    hold = stratified_holdout(train_labels.cpu(), holdout_fraction, seed).to(train_labels.device)
-    if not hold.any():
-        raise UserError("the held-out part of the training set is empty; raise fast_probe.holdout_fraction "
-                         "or use more training images")
-    fit_x = train_views[:, ~hold].reshape(-1, train_views.shape[-1])
-    fit_y = train_labels[~hold].repeat(train_views.shape[0])
-    hold_x, hold_y = train_views[0, hold], train_labels[hold]
+    fit_x, fit_y, hold_x, hold_y = holdout_split(train_views, train_labels, holdout_fraction, seed,
+                                                 "fast_probe.holdout_fraction")
     table, models = [], {}
 
     def try_l2(l2: float, init: LinearModel | None, extension: bool) -> LinearModel:

@@ -38,7 +38,9 @@ from transfer.trials import RANDOM_LABEL, SCRATCH_LABEL  # noqa: E402
 from core.stats import ONE_TRIAL, decode_correct, paired_bootstrap, resolvable_difference, welch  # noqa: E402
 
 REFERENCES = Path(__file__).with_name("references.yaml")
-BACKBONES = ("pretrained", "random")  # eval: ours and the random torchvision init (BN per random_init)
+# Rows of the pipeline's own, in table order; every other folder under RUN/eval/ or RUN/detection/<job>/
+# (an outside checkpoint of pipeline.run's `checkpoints`) follows them by name.
+ROW_ORDER = ("pretrained", "scratch", "random", "supervised")
 # detection: scratch is detectron2's own init, the paper's scratch row (PROTOCOL.md section 9); random,
 # a converted random torchvision network, is another baseline and shown only when it ran
 DET_BACKBONES = ("pretrained", "scratch", "random")
@@ -84,6 +86,15 @@ def read_yaml(path: Path):
         return None
 
 
+def row_names(run_dir: Path, parent: Path, always: tuple) -> list[str]:
+    """The inits of one table: ours when the run pretrained (listed as not run until its results exist), the
+    `always` baselines, then every backbone folder under `parent` (supervised, outside checkpoints). A run
+    without pretraining (pipeline.run pretrain.enabled=false) has no pretrained row."""
+    found = {p.name for p in parent.iterdir() if p.is_dir()} if parent.is_dir() else set()
+    found |= set(always) | ({"pretrained"} if (run_dir / "pretrain").is_dir() else set())
+    return [n for n in ROW_ORDER if n in found] + sorted(found - set(ROW_ORDER))
+
+
 def load_eval(run_dir: Path, backbone: str) -> dict | None:
     """{"knn": ..., "linear": ..., "fast_probe": ...} (each a result dict or None), None if nothing ran.
 
@@ -119,7 +130,9 @@ def load_detection(run_dir: Path, job: str, backbone: str) -> dict | None:
             if "iteration" in r and "total_loss" in r]
     finetune = read_yaml(folder / "finetune_config.yaml") or {}
     return {"summary": trials.get("summary", {}), "seeds": trials.get("seeds"), "loss": loss,
-            "d2": d2_facts(read_yaml(folder / "config.yaml")), "init": finetune.get("init") or trials.get("init")}
+            "d2": d2_facts(read_yaml(folder / "config.yaml")), "init": finetune.get("init") or trials.get("init"),
+            "format": finetune.get("checkpoint_format_detected"),
+            "normalization": (finetune.get("input_normalization") or {}).get("name")}
 
 
 def load_references(path: Path = REFERENCES) -> dict:
@@ -318,23 +331,25 @@ def classification_scores(ev: dict) -> dict:
 
 
 def classification_differences(evals: dict, samples: int = BOOTSTRAP_SAMPLES) -> list[str]:
-    """pretrained - random per protocol with a paired bootstrap interval over the val images."""
-    a, b = evals.get("pretrained"), evals.get("random")
-    if not a or not b:
-        return []
-    ours, base = classification_scores(a), classification_scores(b)
-    rows = []
-    for name in [n for n in ours if n in base]:
-        (top_a, cor_a, n_val), (top_b, cor_b, _) = ours[name], base[name]
-        if cor_a and cor_b and len(cor_a) == len(cor_b):
-            cmp = paired_bootstrap(decode_correct(cor_a), decode_correct(cor_b), samples=samples)
-            cells = [f"{cmp['diff']:+.2f}", interval_cell(cmp), verdict_cell(cmp, "pretrained", "random")]
-        else:  # results written before per-image correctness was recorded, or other val sets
-            cells = [fmt_delta(top_a, top_b), "n/a", "no per-image predictions of the same val images: no interval"]
-        rows.append(["pretrained - random", name, fmt(top_a), fmt(top_b), *cells])
+    """Each init - random per protocol with a paired bootstrap interval over the val images."""
+    b = evals.get("random")
+    rows, first = [], None
+    for init, a in evals.items():
+        if init == "random" or not a or not b:
+            continue
+        first = first or a
+        ours, base = classification_scores(a), classification_scores(b)
+        for name in [n for n in ours if n in base]:
+            (top_a, cor_a, n_val), (top_b, cor_b, _) = ours[name], base[name]
+            if cor_a and cor_b and len(cor_a) == len(cor_b):
+                cmp = paired_bootstrap(decode_correct(cor_a), decode_correct(cor_b), samples=samples)
+                cells = [f"{cmp['diff']:+.2f}", interval_cell(cmp), verdict_cell(cmp, init, "random")]
+            else:  # results written before per-image correctness was recorded, or other val sets
+                cells = [fmt_delta(top_a, top_b), "n/a", "no per-image predictions of the same val images: no interval"]
+            rows.append([f"{init} - random", name, fmt(top_a), fmt(top_b), *cells])
     if not rows:
         return []
-    p = next(r for r in a.values() if r)["protocol"]
+    p = next(r for r in first.values() if r)["protocol"]
     n_val, n_cls = p.get("num_val"), p.get("num_classes")
     facts = []
     if n_cls:
@@ -342,7 +357,7 @@ def classification_differences(evals: dict, samples: int = BOOTSTRAP_SAMPLES) ->
     if n_val:
         facts.append(f"resolvable difference {fmt(resolvable_difference(n_val), 3)} points (one of {n_val} val images)")
     return (["", "### Differences between inits (top-1, percentage points)", ""]
-            + table(["comparison", "protocol", "pretrained top-1", "random top-1", "difference", "95% interval",
+            + table(["comparison", "protocol", "init top-1", "random top-1", "difference", "95% interval",
                      "verdict"], rows)
             + ["", f"Paired bootstrap over the val images ({samples} resamples, seed 0); "
                + "; ".join(facts) + ". A tie (the interval contains 0) names no winner."])
@@ -355,35 +370,36 @@ def section_classification(evals: dict) -> list[str]:
     settings = knn_settings(evals)
     header = (["init"] + [f"kNN top-1 (k={k}, T={t:g})" for k, t in settings]
               + ["fast probe top-1", "official probe top-1 (last)", "official probe top-1 (best, chosen on val)"])
-    lines += table(header, [classification_row(b, evals.get(b), settings) for b in BACKBONES])
-    # Every number carries its protocol: say which feature layer and data they came from.
-    for b in BACKBONES:
-        ev = evals.get(b)
+    lines += table(header, [classification_row(b, ev, settings) for b, ev in evals.items()])
+    # Every number carries its protocol: say which feature layer and data they came from, and how the
+    # checkpoint was read (an outside file's detected format and the input normalisation it expects).
+    for b, ev in evals.items():
         if ev:
             any_result = next(r for r in ev.values() if r)
             p = any_result.get("protocol", {})
+            ck, norm = p.get("checkpoint") or {}, p.get("input_normalization") or {}
             lines.append(f"\n- {b}: layer `{p.get('layer')}`, {p.get('num_train')} train / {p.get('num_val')} val "
                          f"images, {p.get('num_classes')} classes, image size {p.get('image_size')}, "
-                         f"checkpoint `{(p.get('checkpoint') or {}).get('path')}`"
+                         f"checkpoint `{ck.get('path')}`"
+                         + (f", format `{ck['kind']}`" if ck.get("kind") else "")
+                         + (f", input normalisation `{norm['name']}`" if norm.get("name") else "")
                          + (f", BN statistics: {ri.get('bn_stats')}" if (ri := (p.get("checkpoint") or {}).get("random_init"))
                             else ""))
     return lines + classification_differences(evals) + [""]
 
 
 def detection_differences(dets: dict) -> list[str]:
-    """pretrained - each other init per job, task and metric, with the Welch interval over trials."""
+    """Each init - scratch (the paper's baseline) per job, task and metric, with the Welch interval over trials."""
     rows = []
-    for job in JOBS:
-        ours = dets.get((job, "pretrained"))
-        for b in DET_BACKBONES[1:]:
-            other = dets.get((job, b))
-            if not ours or not other:
-                continue
-            for task in [t for t in ours["summary"] if t in other["summary"]]:
-                for m in METRICS:
-                    cmp = welch(ours["summary"][task][m]["values"], other["summary"][task][m]["values"])
-                    rows.append([f"pretrained - {b}", job, TASK_NAMES.get(task, task), m, f"{cmp['diff']:+.2f}",
-                                 interval_cell(cmp), verdict_cell(cmp, "pretrained", b)])
+    for (job, b), ours in dets.items():
+        other = dets.get((job, "scratch"))
+        if b == "scratch" or not ours or not other:
+            continue
+        for task in [t for t in ours["summary"] if t in other["summary"]]:
+            for m in METRICS:
+                cmp = welch(ours["summary"][task][m]["values"], other["summary"][task][m]["values"])
+                rows.append([f"{b} - scratch", job, TASK_NAMES.get(task, task), m, f"{cmp['diff']:+.2f}",
+                             interval_cell(cmp), verdict_cell(cmp, b, "scratch")])
     if not rows:
         return []
     return (["", "### Differences between inits (AP points)", ""]
@@ -396,17 +412,17 @@ def detection_differences(dets: dict) -> list[str]:
 def section_detection(dets: dict) -> list[str]:
     lines = ["## Detection", ""]
     rows = []
-    for job in JOBS:
-        for b in DET_BACKBONES:
-            det = dets.get((job, b))
-            if det is None:
-                if b != "random":  # random torchvision init is an extra baseline: absent unless asked for
-                    rows.append([job, b, "-"] + [NOT_RUN] * 4)
-                continue
-            for task, stats in det["summary"].items():
-                n = next(iter(stats.values()))["n"]
-                rows.append([job, b, TASK_NAMES.get(task, task)] + [mean_std_cell(stats.get(m)) for m in METRICS]
-                            + [str(n)])
+    for (job, b), det in dets.items():  # row_names: random (an extra baseline) only when it ran
+        if det is None:
+            rows.append([job, b, "-"] + [NOT_RUN] * 4)
+            continue
+        # an outside checkpoint's row says how it was read
+        label = b if b in DET_LABELS or not det.get("format") else \
+            f"{b} (format `{det['format']}`, input normalisation `{det.get('normalization')}`)"
+        for task, stats in det["summary"].items():
+            n = next(iter(stats.values()))["n"]
+            rows.append([job, label, TASK_NAMES.get(task, task)] + [mean_std_cell(stats.get(m)) for m in METRICS]
+                        + [str(n)])
     lines += table(["job", "init", "task", "AP", "AP50", "AP75", "trials"], rows)
     lines += ["", "AP values are mean +- sample std over trials (detectron2's percent scale). Inits: "
               + "; ".join(f"`{b}` = {DET_LABELS[b]}" for b in DET_BACKBONES) + "."]
@@ -581,8 +597,9 @@ def write_report(run_dir: Path, protocol: dict, references: Path = REFERENCES) -
     manifest = read_json(run_dir / "manifest.json")
     pretrain_config = read_yaml(run_dir / "pretrain" / "config.yaml")
     records = [r for r in read_jsonl(run_dir / "pretrain" / "metrics.jsonl") if "epoch" in r]
-    evals = {b: load_eval(run_dir, b) for b in BACKBONES}
-    dets = {(job, b): load_detection(run_dir, job, b) for job in JOBS for b in DET_BACKBONES}
+    evals = {b: load_eval(run_dir, b) for b in row_names(run_dir, run_dir / "eval", ("random",))}
+    dets = {(job, b): load_detection(run_dir, job, b)
+            for job in JOBS for b in row_names(run_dir, run_dir / "detection" / job, ("scratch",))}
     epochs = run_epochs(protocol, pretrain_config)
     plots = {**pretrain_plots(out, records), **detection_plots(out, dets)}
     lines = ["# SimSiam pipeline report", ""]

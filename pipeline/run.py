@@ -9,6 +9,11 @@ exit 2, not a failure hours later. Relative paths mean the caller's folder: the 
 caller's working directory with absolute paths; pretrain.config and eval.config are a path or a
 preset name of pretrain/configs/ and eval/configs/, as their --config.
 
+Outside checkpoints (config key `checkpoints`: DINO, MoCo, SimCLR, ... files of any format of
+core/checkpoint_formats.py) go through eval and detection beside our own and the baselines, each into
+RUN/eval/<name>/ and RUN/detection/<job>/<name>/; with pretrain.enabled=false they are evaluated
+without any pretraining (no `pretrained` row). Their files and formats are checked up front too.
+
 Each stage runs the same command a user would run by hand (python -m pretrain.train,
 python -m eval.<protocol>, transfer/run_voc.sh, ...) in a subprocess, so the chain exercises the
 real entry points, and a stage's global state (detectron2's dataset registry, process groups) never
@@ -22,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import subprocess
 import sys
 import time
@@ -51,7 +57,16 @@ RULES = {  # the keys a run cannot use otherwise; the stage configs have their o
     "detection.jobs": _subset_of("voc", "coco"),
     "detection.backbones": _subset_of("pretrained", "scratch", "random", "supervised"),
     "detection.trials": int_at_least(1),
+    "pretrain.enabled": Rule("true or false", lambda v: isinstance(v, bool)),
+    "checkpoints": Rule("a mapping name -> {path: FILE, arch, format, checkpoint_key, prefix}",
+                        lambda v: v is None or isinstance(v, dict)),
 }
+# The rows the pipeline makes itself: an outside checkpoint may not take one of these folder names.
+BUILTIN_ROWS = ("pretrained", "random", "scratch", "supervised")
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # one folder name, no path separator or '..'
+ENTRY_KEYS = {"path": "", "arch": "resnet50", "format": "", "checkpoint_key": "", "prefix": ""}  # defaults
+# an entry's format keys -> the flags of eval.<protocol> and transfer.finetune that set them
+CHOICE_FLAGS = (("format", "--format"), ("checkpoint_key", "--checkpoint-key"), ("prefix", "--prefix"))
 PACKAGES = ("torch", "torchvision", "numpy", "sal-detectron2", "pycocotools", "faster-coco-eval", "scikit-learn")
 
 
@@ -60,6 +75,39 @@ def pretrain_command(nproc_per_node: int) -> list:
     if nproc_per_node == 1:
         return [sys.executable, "-m", "pretrain.train"]
     return ["bash", REPO / "pretrain/run.sh", "--standalone", "--nproc_per_node", nproc_per_node]
+
+
+def outside_checkpoints(value) -> dict[str, dict]:
+    """The config's `checkpoints` mapping checked and completed: name -> {path (absolute), arch, format,
+    checkpoint_key, prefix}. One UserError for a bad name or entry."""
+    out = {}
+    for name, entry in (value or {}).items():
+        name = str(name)
+        where = f"checkpoints.{name}"
+        if not SAFE_NAME.fullmatch(name) or name in BUILTIN_ROWS:
+            why = "is a row the pipeline makes itself" if name in BUILTIN_ROWS else "is not a plain folder name"
+            raise UserError(f"checkpoint name {name!r} {why}; name outside checkpoints with letters, digits, '.', "
+                            f"'_' or '-', other than {', '.join(BUILTIN_ROWS)}")
+        if isinstance(entry, str):  # name: FILE, the short form
+            entry = {"path": entry}
+        if not isinstance(entry, dict):
+            raise UserError(f"{where} is {entry!r}; give {{path: FILE}} (and optionally arch, format, "
+                            "checkpoint_key, prefix)")
+        unknown = sorted(set(entry) - set(ENTRY_KEYS))
+        if unknown:
+            raise UserError(f"unknown key {where}.{unknown[0]}; the keys of an outside checkpoint are "
+                            f"{', '.join(ENTRY_KEYS)}")
+        full = {k: str(default if entry.get(k) is None else entry[k]) for k, default in ENTRY_KEYS.items()}
+        if not full["path"]:
+            raise UserError(f"{where} has no path; give {where}.path=FILE")
+        full["path"] = str(Path(full["path"]).resolve())
+        out[name] = full
+    return out
+
+
+def choice_flags(entry: dict) -> list[str]:
+    """--format / --checkpoint-key / --prefix of an entry, only those set ("" = detected)."""
+    return [arg for key, flag in CHOICE_FLAGS if entry.get(key) for arg in (flag, entry[key])]
 
 
 def detection_datasets(config: Path) -> str:
@@ -93,6 +141,7 @@ class Pipeline:
         self.run_dir = Path(cfg.out_dir).resolve()
         self.data_root = Path(cfg.data_root).resolve()
         self.legacy_marks = self.run_dir / ".stages"  # <stage>.done files of runs from before done.json
+        self.outside = outside_checkpoints(cfg.checkpoints)  # checked here: before anything is written
 
     # ------------------------------------------------------------------ bookkeeping
     def done(self, stage: str) -> bool:
@@ -136,7 +185,9 @@ class Pipeline:
             "python": sys.version.split()[0],
             "packages": versions,
             "stages": stages,
-            "checkpoints": {str(p.relative_to(self.run_dir)): file_sha256(p) for p in checkpoints},
+            # outside checkpoints under their absolute path: the files this run's outside rows were read from
+            "checkpoints": {**{str(p.relative_to(self.run_dir)): file_sha256(p) for p in checkpoints},
+                            **{e["path"]: file_sha256(e["path"]) for e in self.outside.values()}},
             "datasets": [dataset_fingerprint(self.data_root)] if self.data_root.is_dir() else [],
         }
         write_json(self.run_dir / "manifest.json", manifest)
@@ -150,15 +201,18 @@ class Pipeline:
             raise UserError(f"no pretraining checkpoint in {self.run_dir / 'pretrain'}; run the pretrain stage first")
         return found[-1]
 
-    def backbones(self, detection: bool = False) -> dict[str, str]:
-        """Backbones evaluated side by side: ours, random init, and the supervised file if given. Detection
-        also offers scratch, detectron2's own init: the paper's scratch row (PROTOCOL.md section 9), where
-        random is a converted random torchvision network."""
-        out = {"pretrained": str(self.pretrained_checkpoint()), **({"scratch": "scratch"} if detection else {}),
-               "random": "random"}
+    def backbones(self, detection: bool = False) -> dict[str, dict]:
+        """Backbones evaluated side by side, name -> {path, arch, format options}: ours (when pretraining is
+        on), random init, the supervised file if given, then every outside checkpoint. Detection also offers
+        scratch, detectron2's own init: the paper's scratch row (PROTOCOL.md section 9), where random is a
+        converted random torchvision network. Our rows share the pretraining config's arch."""
+        arch = self.arch()
+        out = {"pretrained": str(self.pretrained_checkpoint())} if self.cfg.pretrain.enabled else {}
+        out.update({"scratch": "scratch"} if detection else {})
+        out["random"] = "random"
         if self.cfg.supervised_checkpoint:
             out["supervised"] = str(Path(self.cfg.supervised_checkpoint).resolve())
-        return out
+        return {**{name: {"path": path, "arch": arch} for name, path in out.items()}, **self.outside}
 
     def stage_config(self, stage: str) -> Path:
         """pretrain.config / eval.config as the stage's --config reads it: a path, else a preset name."""
@@ -195,17 +249,26 @@ class Pipeline:
             raise UserError(f"data_root {self.data_root} does not exist; point data_root at your datasets "
                             "or set generate_embedded=true")
         folder = self.data_root / "imagefolder"
-        if todo & {"pretrain", "eval"}:  # eval reads the pretraining config for the arch
+        if todo & {"pretrain", "eval"}:  # eval reads the pretraining config for the arch of our rows
             pretrain_cfg = self._stage_cfg("pretrain", load_pretrain, self.pretrain_overrides())
-            if "pretrain" in todo and not generated:
+            if "pretrain" in todo and cfg.pretrain.enabled and not generated:
                 check_pretrain_inputs(pretrain_cfg, cfg.pretrain.nproc_per_node)
         if "eval" in todo:
-            # what stage_eval's flags set, after the overrides as there
-            self._stage_cfg("eval", load_eval, [*cfg.eval.overrides, f"arch={pretrain_cfg.arch}", "checkpoint=random",
-                                                f"data.train_dir={folder / 'train'}", f"data.val_dir={folder / 'val'}",
-                                                f"out_dir={self.run_dir / 'eval'}"])
+            # what stage_eval's flags set, after the overrides as there; each outside checkpoint's arch too
+            for arch in dict.fromkeys([pretrain_cfg.arch, *(e["arch"] for e in self.outside.values())]):
+                self._stage_cfg("eval", load_eval, [
+                    *cfg.eval.overrides, f"arch={arch}", "checkpoint=random", f"data.train_dir={folder / 'train'}",
+                    f"data.val_dir={folder / 'val'}", f"out_dir={self.run_dir / 'eval'}"])
             if not generated:
                 image_folder(folder / "val")
+        uses_pretrained = "eval" in todo or (jobs and "pretrained" in cfg.detection.backbones)
+        if cfg.pretrain.enabled and "pretrain" not in todo and uses_pretrained:
+            try:
+                self.pretrained_checkpoint()
+            except UserError as e:
+                raise UserError(f"{e}, or set pretrain.enabled=false to evaluate only outside checkpoints") from None
+        if "eval" in todo or jobs:
+            self.check_outside(detection=bool(jobs))
         uses_supervised = "eval" in todo or (jobs and "supervised" in cfg.detection.backbones)
         if cfg.supervised_checkpoint and uses_supervised and not Path(cfg.supervised_checkpoint).is_file():
             raise UserError(f"supervised_checkpoint {Path(cfg.supervised_checkpoint).resolve()} does not exist; "
@@ -225,6 +288,24 @@ class Pipeline:
                                     f"exist; put the dataset there (the standard layout under data_root), or leave "
                                     f"the job out with detection.jobs=[{','.join(rest)}]")
 
+    def check_outside(self, detection: bool) -> None:
+        """Each outside file exists and reads as a backbone of its arch in a known format (no model runs);
+        detection needs ResNet-50."""
+        from core.checkpoint import read_backbone
+        from core.checkpoint_formats import Choice
+
+        for name, e in self.outside.items():
+            if not Path(e["path"]).is_file():
+                raise UserError(f"checkpoints.{name}.path {e['path']} does not exist; give the file of that "
+                                f"checkpoint, or leave {name} out of checkpoints")
+            if detection and e["arch"] != "resnet50":
+                raise UserError(f"checkpoints.{name} is a {e['arch']}, and detection needs a resnet50; leave it "
+                                "out, or run without detection (detection.jobs=[])")
+            try:
+                read_backbone(e["path"], e["arch"], Choice.of(e["format"], e["checkpoint_key"], e["prefix"]))
+            except UserError as err:
+                raise UserError(f"checkpoints.{name}: {err}") from None
+
     # ------------------------------------------------------------------ stages
     def stage_data(self) -> None:
         if self.cfg.generate_embedded:
@@ -234,34 +315,41 @@ class Pipeline:
                             "or set generate_embedded=true")
 
     def stage_pretrain(self) -> None:
+        if not self.cfg.pretrain.enabled:
+            print("[pipeline:pretrain] skipped (pretrain.enabled=false): only the outside checkpoints and baselines")
+            return
         self._sh(*pretrain_command(self.cfg.pretrain.nproc_per_node), "--config", self.stage_config("pretrain"),
                  *self.pretrain_overrides(), stage="pretrain")
 
-    def stage_eval(self) -> None:
+    def eval_command(self, protocol: str, name: str, backbone: dict) -> list:
         folder = self.data_root / "imagefolder"
-        arch = self.arch()
-        for name, ckpt in self.backbones().items():
+        return [sys.executable, "-m", f"eval.{protocol}", "--config", self.stage_config("eval"),
+                "--checkpoint", backbone["path"], "--arch", backbone["arch"], *choice_flags(backbone),
+                "--train-dir", folder / "train", "--val-dir", folder / "val",
+                "--out-dir", self.run_dir / "eval" / name, *self.cfg.eval.overrides]
+
+    def stage_eval(self) -> None:
+        for name, backbone in self.backbones().items():
             for protocol in self.cfg.eval.protocols:
-                self._sh(sys.executable, "-m", f"eval.{protocol}", "--config", self.stage_config("eval"),
-                         "--checkpoint", ckpt, "--arch", arch, "--train-dir", folder / "train",
-                         "--val-dir", folder / "val", "--out-dir", self.run_dir / "eval" / name,
-                         *self.cfg.eval.overrides, stage="eval")
+                self._sh(*self.eval_command(protocol, name, backbone), stage="eval")
+
+    def detection_command(self, job: str, name: str, backbone: dict) -> list:
+        det = self.cfg.detection
+        preset = {"voc": "voc.yaml", "coco": "coco_1x.yaml"}[job]  # transfer/configs/, as run_voc.sh / run_coco.sh
+        out = self.run_dir / "detection" / job / name
+        return [sys.executable, "-m", "transfer.finetune", "--config", preset, "--checkpoint", backbone["path"],
+                *choice_flags(backbone), "--out-dir", out, "--data-root", self.data_root,
+                f"detectron2_config={det[f'{job}_config']}", f"trials={det.trials}",
+                "d2_opts=" + yaml.safe_dump(list(det.overrides), default_flow_style=True, width=10**9).strip(),
+                "resume=true" if out.exists() else "resume=false"]  # an earlier, interrupted attempt
 
     def _detection(self, job: str) -> None:
         if job not in self.cfg.detection.jobs:
             print(f"[pipeline:{job}] skipped (not in detection.jobs)")
             return
-        det = self.cfg.detection
-        preset = {"voc": "voc.yaml", "coco": "coco_1x.yaml"}[job]  # transfer/configs/, as run_voc.sh / run_coco.sh
-        job_keys = [f"detectron2_config={det[f'{job}_config']}", f"trials={det.trials}",
-                    "d2_opts=" + yaml.safe_dump(list(det.overrides), default_flow_style=True, width=10**9).strip()]
-        for name, ckpt in self.backbones(detection=True).items():
-            if name not in det.backbones:
-                continue
-            out = self.run_dir / "detection" / job / name
-            resume = "resume=true" if out.exists() else "resume=false"  # an earlier, interrupted attempt
-            self._sh(sys.executable, "-m", "transfer.finetune", "--config", preset, "--checkpoint", ckpt,
-                     "--out-dir", out, "--data-root", self.data_root, *job_keys, resume, stage=job)
+        for name, backbone in self.backbones(detection=True).items():
+            if name in self.outside or name in self.cfg.detection.backbones:  # every outside checkpoint is fine-tuned
+                self._sh(*self.detection_command(job, name, backbone), stage=job)
 
     def stage_voc(self) -> None:
         self._detection("voc")

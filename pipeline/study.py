@@ -148,30 +148,48 @@ def summarise(run_dir: Path, dim: int) -> dict:
 
 
 def study_figure(out: Path, name: str, title: str, results: dict, baseline: float | None) -> Path:
-    """Three panels like the paper's Figure 2: training loss, z std with 1/sqrt(d), kNN top-1 per epoch."""
+    """Three panels like the paper's Figure 2: training loss, z std, kNN top-1 per epoch.
+
+    z std is drawn in units of its healthy value 1/sqrt(d) (the line at 1), so variants of different
+    d share one scale; a loss on another scale than the cosine's [-1, 1] (the cross-entropy similarity,
+    about log d) gets its own right-hand axis instead of flattening the others; short series get markers
+    and the epoch axis integer ticks."""
+    from matplotlib.ticker import MaxNLocator
+
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.4))
-    dims = set()
-    for label, res in results.items():
+    other_scale = None  # the twin axis of the losses outside [-1, 1]
+    for index, (label, res) in enumerate(results.items()):
         recs = res["records"]
         if not recs:
             continue
+        style = dict(label=label, color=f"C{index % 10}", marker="o" if len(recs) <= 20 else None, markersize=3)
         epochs = [r["epoch"] for r in recs]
-        axes[0].plot(epochs, [r["loss"] for r in recs], label=label)
-        axes[1].plot(epochs, [r["z_std"] for r in recs], label=label)
-        dims.add(res["dim"])
+        losses = [r["loss"] for r in recs]
+        if max(abs(v) for v in losses) > 1.0 + 1e-6:  # not a cosine loss
+            other_scale = other_scale or axes[0].twinx()
+            other_scale.plot(epochs, losses, linestyle="--", **style)
+        else:
+            axes[0].plot(epochs, losses, **style)
+        axes[1].plot(epochs, [r["z_std"] * math.sqrt(res["dim"]) for r in recs], **style)
         knn = [r for r in recs if "knn_top1" in r]
-        axes[2].plot([r["epoch"] for r in knn], [r["knn_top1"] for r in knn], marker="o", label=label)
-    for d in sorted(dims):
-        axes[1].axhline(1 / math.sqrt(d), color="gray", linestyle="--", linewidth=0.8)
-    axes[1].text(0.02, 0.02, "dashed: 1/sqrt(d)", transform=axes[1].transAxes, fontsize=7, color="gray")
+        axes[2].plot([r["epoch"] for r in knn], [r["knn_top1"] for r in knn], **{**style, "marker": "o"})
+    if other_scale is not None:
+        other_scale.set_ylabel("loss, dashed: cross-entropy (nats)")
+    axes[1].axhline(1.0, color="gray", linestyle="--", linewidth=0.8)
+    axes[1].axhline(COLLAPSE_RATIO, color="gray", linestyle=":", linewidth=0.8)
+    axes[1].text(0.02, 0.02, f"dashed: healthy (1/sqrt(d)); dotted: collapse line {COLLAPSE_RATIO}",
+                 transform=axes[1].transAxes, fontsize=7, color="gray")
     if baseline is not None:
         axes[2].axhline(baseline, color="gray", linestyle="--", linewidth=0.8)
         axes[2].text(0.02, 0.02, "dashed: random init", transform=axes[2].transAxes, fontsize=7, color="gray")
-    for ax, ylabel in zip(axes, ("training loss (min -1)", "std of l2-normalised z", "kNN top-1 (%)")):
+    ylabels = ("loss, solid: negative cosine (min -1)", "std of l2-normalised z x sqrt(d)", "kNN top-1 (%)")
+    for ax, ylabel in zip(axes, ylabels):
         ax.set_xlabel("epoch")
         ax.set_ylabel(ylabel)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.legend(fontsize=7)
     fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
     return save_plot(fig, out / f"{name}.png")
 
 

@@ -14,7 +14,7 @@ from core.checkpoint import CheckpointError, check_backbone_state
 from core.models import build_backbone
 from tests.helpers import PRETRAIN_DEFAULTS, REPO, one_error_line, tiny_overrides
 
-MODULES = ["pretrain.train", "eval.knn", "eval.linear", "eval.fast_probe", "eval.all", "pipeline.run",
+MODULES = ["pretrain.train", "eval.knn", "eval.linear", "eval.fast_probe", "eval.head_grid", "eval.voc07_svm", "eval.all", "pipeline.run",
            "pipeline.study", "pipeline.report", "pipeline.slurm", "embedded",
            # made fast by the transfer work; checked here for --help only
            "transfer.convert_to_d2", "transfer.train_det"]

@@ -25,6 +25,8 @@ from detectron2.data.datasets import register_coco_instances, register_pascal_vo
 from detectron2.data.datasets.pascal_voc import CLASS_NAMES as VOC_CLASS_NAMES
 
 from core.cli import UserError
+# Shared with eval's VOC07 SVM protocol; re-exported here, where the transfer code and tests read them.
+from core.voc import METADATA_FILE, metadata_class_names, read_split_ids  # noqa: F401
 
 logger = logging.getLogger(__name__)
 
@@ -47,9 +49,6 @@ EXPECTED_LAYOUT = (  # one line: errors are printed as one line
     "(set the root with --data-root or $DETECTRON2_DATASETS; "
     "`python -m embedded --out-dir DIR` writes a small synthetic one)"
 )
-# The data root's metadata file (the embedded generator writes it): its `class_names` override VOC's.
-# Read by name: the file is the contract between the generator and this stage, not the generator's code.
-METADATA_FILE = "embedded_data.json"
 # What detectron2's VOC loader and evaluator read from every object.
 _VOC_OBJECT_FIELDS = ("name", "pose", "truncated", "difficult", "bndbox/xmin", "bndbox/ymin", "bndbox/xmax", "bndbox/ymax")
 
@@ -62,23 +61,6 @@ class ClassInfo:
 
 def default_data_root() -> Path:
     return Path(os.path.expanduser(os.getenv("DETECTRON2_DATASETS", "datasets")))
-
-
-def metadata_class_names(root: str | Path) -> tuple[str, ...] | None:
-    """The `class_names` of the data root's metadata file, in label order; None without the file."""
-    path = Path(root) / METADATA_FILE
-    if not path.is_file():
-        return None
-    try:
-        names = json.loads(path.read_text()).get("class_names")
-    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
-        names = None
-    if not (isinstance(names, list) and names and all(isinstance(n, str) and n for n in names)
-            and len(set(names)) == len(names)):
-        raise UserError(f"{path} has no valid class_names (a list of distinct class names in label order); "
-                        "data written by an older `python -m embedded` lacks it: delete the data root and "
-                        "regenerate it, or add the list")
-    return tuple(names)
 
 
 def class_info(root: str | Path, dataset_names) -> ClassInfo:
@@ -124,10 +106,6 @@ def check_layout(dataset_names, root: str | Path) -> None:
 def _layout_error(name: str, missing: list[Path]) -> UserError:
     shown = ", ".join(str(p) for p in missing[:3])
     return UserError(f"dataset {name}: missing {shown}; {EXPECTED_LAYOUT}")
-
-
-def read_split_ids(split_file: Path) -> list[str]:
-    return [line.strip() for line in split_file.read_text().splitlines() if line.strip()]
 
 
 def validate_voc(dirname: Path, split: str, class_names) -> int:
