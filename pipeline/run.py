@@ -53,7 +53,7 @@ def _subset_of(*allowed: str) -> Rule:
 
 RULES = {  # the keys a run cannot use otherwise; the stage configs have their own rules
     "pretrain.nproc_per_node": int_at_least(1),
-    "eval.protocols": _subset_of("knn", "fast_probe", "linear", "all"),
+    "eval.protocols": _subset_of("knn", "fast_probe", "head_grid", "linear", "all"),
     "detection.jobs": _subset_of("voc", "coco"),
     "detection.backbones": _subset_of("pretrained", "scratch", "random", "supervised"),
     "detection.trials": int_at_least(1),
