@@ -187,7 +187,11 @@ def study_figure(out: Path, name: str, title: str, results: dict, baseline: floa
         ax.set_xlabel("epoch")
         ax.set_ylabel(ylabel)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.legend(fontsize=7)
+        handles, labels = ax.get_legend_handles_labels()
+        if ax is axes[0] and other_scale is not None:  # one legend for the losses of both axes
+            more = other_scale.get_legend_handles_labels()
+            handles, labels = handles + more[0], labels + more[1]
+        ax.legend(handles, labels, fontsize=7)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return save_plot(fig, out / f"{name}.png")
