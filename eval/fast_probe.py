@@ -45,15 +45,21 @@ def _validate(cfg: Config) -> None:
                         f"{fp.grad_rel_tol!r} and {fp.grid_extensions!r}")
 
 
-def official_gap(ctx: EvalContext, top1: float) -> dict | None:
-    """The official probe's numbers beside ours, if linear.json of the same checkpoint and data is there."""
-    path = ctx.out_dir / "linear.json"
+def same_run_result(ctx: EvalContext, name: str) -> dict | None:
+    """out_dir/<name>.json if it was measured on the same checkpoint and data as this protocol, else None:
+    a gap between two protocols means something only then."""
+    path = ctx.out_dir / f"{name}.json"
     if not path.is_file():
         return None
-    official = json.loads(path.read_text())
-    mine = ctx.protocol()
-    same = all(official["protocol"].get(k) == mine[k] for k in ("checkpoint", "train_dir", "val_dir", "image_size"))
-    if not same:
+    other, mine = json.loads(path.read_text()), ctx.protocol()
+    same = all(other["protocol"].get(k) == mine[k] for k in ("checkpoint", "train_dir", "val_dir", "image_size"))
+    return other if same else None
+
+
+def official_gap(ctx: EvalContext, top1: float) -> dict | None:
+    """The official probe's numbers beside ours, if linear.json of the same checkpoint and data is there."""
+    official = same_run_result(ctx, "linear")
+    if official is None:
         return None
     last = official["linear"]["last_epoch"]
     return {"official_last_epoch_top1": last["top1"], "gap_top1": round(top1 - last["top1"], 4),

@@ -20,7 +20,6 @@ if __name__ == "__main__":  # python -m eval.head_grid: parse before the imports
     raise SystemExit  # the protocol ran as the module eval.head_grid, which run_protocol imported
 
 import itertools
-import json
 import math
 import time
 from dataclasses import dataclass
@@ -137,13 +136,11 @@ def _beside(ctx: EvalContext, top1: float) -> dict:
     official = fast_probe.official_gap(ctx, top1)
     if official:
         out["official_probe"] = {**official, "note": "gap = head grid top1 - official probe last-epoch top1"}
-    path = ctx.out_dir / "fast_probe.json"
-    if path.is_file():
-        fast, mine = json.loads(path.read_text()), ctx.protocol()
-        if all(fast["protocol"].get(k) == mine[k] for k in ("checkpoint", "train_dir", "val_dir", "image_size")):
-            fast_top1 = fast["fast_probe"]["top1"]
-            out["fast_probe"] = {"fast_probe_top1": fast_top1, "gap_top1": round(top1 - fast_top1, 4),
-                                 "note": "gap = head grid top1 - fast probe top1"}
+    fast = fast_probe.same_run_result(ctx, "fast_probe")
+    if fast is not None:
+        fast_top1 = fast["fast_probe"]["top1"]
+        out["fast_probe"] = {"fast_probe_top1": fast_top1, "gap_top1": round(top1 - fast_top1, 4),
+                             "note": "gap = head grid top1 - fast probe top1"}
     return out
 
 
