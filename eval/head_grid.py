@@ -125,7 +125,7 @@ def choose_head(train_views: torch.Tensor, train_labels: torch.Tensor, num_class
     usable = [r for r in table if not r["diverged"]]
     if not usable:
         raise UserError(f"every head of the grid diverged (lrs {[g[0] for g in grid]}); lower head_grid.lrs")
-    best = logistic._best(usable)  # the fast probe's rule: top-1, then loss
+    best = logistic.best_holdout_row(usable)  # the fast probe's rule: top-1, then loss
     return HeadChoice(best["lr"], best["weight_decay"], table)
 
 

@@ -186,7 +186,9 @@ class L2Search:
     at_edge: bool  # the choice still sits on an edge of the (extended) grid: the best weight may lie beyond
 
 
-def _best(table: list[dict]) -> dict:
+def best_holdout_row(table: list[dict]) -> dict:
+    """The row of a held-out table with the best top-1, ties broken by the lower held-out loss (shared by
+    the fast probe's L2 search and the head grid)."""
     return max(table, key=lambda r: (r["holdout_top1"], -r["holdout_loss"]))
 
 
@@ -242,9 +244,9 @@ def choose_l2(train_views: torch.Tensor, train_labels: torch.Tensor, num_classes
             return float(f"{l2 * 10:.12g}")
         return None
 
-    best = _best(table)
+    best = best_holdout_row(table)
     while (beyond := edge_beyond(best["l2"])) is not None and len(extensions) < max_extensions:
         try_l2(beyond, models[best["l2"]], extension=True)
         extensions.append(beyond)
-        best = _best(table)
+        best = best_holdout_row(table)
     return L2Search(best["l2"], table, models[best["l2"]], extensions, edge_beyond(best["l2"]) is not None)
